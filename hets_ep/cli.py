@@ -1,0 +1,182 @@
+"""``hets-ep train|gradcheck|report|bench``: a thin dispatch to the Hydra apps and tools."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hets_ep.config import Config, register_schema, validate
+from hets_ep.errors import ConfigError, HetsEpError
+
+log = logging.getLogger("hets_ep")
+register_schema()
+
+USAGE = """usage: hets-ep COMMAND [ARGS]
+
+commands:
+  train      train one configuration, or a sweep with -m (Hydra overrides: dt=lognormal seed=3)
+  gradcheck  compare EP gradient estimates with BPTT on one batch (same overrides as train)
+  report     tables and figures from run or sweep directories: hets-ep report PATH...
+  bench      throughput benchmark of the relaxation kernel and estimators
+
+hets-ep train --help lists the config groups and keys."""
+
+# Overrides that may differ when a run is continued from its directory.
+_RESUMABLE_CHANGES = ("resume", "train.epochs", "train.progress", "train.check_every")
+
+
+def fail(message: str, code: int = 2):
+    print(f"hets-ep: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(err: Exception) -> str:
+    """The first line of an error, with its cause and the valid options where Hydra has them."""
+    parts = [str(err).strip().splitlines()[0]] if str(err).strip() else [type(err).__name__]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        parts.append(str(cause).strip().splitlines()[0])
+    options = getattr(err, "options", None)
+    if options:
+        parts.append("choose one of " + ", ".join(options))
+    return "; ".join(parts)
+
+
+def precheck(args: list[str]) -> None:
+    """Compose and validate every configuration a command line names, before any work.
+
+    A sweep ``-m key=a,b`` is checked value by value, so a typo in the last value of a long
+    sweep fails at once rather than after the first jobs ran. Runs with Hydra's own flags
+    (``--help``, ``--cfg``, …) are left to Hydra.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        variants = [fixed] + [fixed + [f"{o.get_key_element()}={v}"]
+                              for o in parsed if o.is_sweep_override() for v in o.sweep_string_iterator()]
+        with initialize_config_module("hets_ep.conf", version_base="1.3"):
+            for variant in variants:
+                validate(compose("train", overrides=variant))
+    except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
+        fail(_one_line(err))
+
+
+def _override_keys() -> list[str]:
+    keys = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra") and key not in _RESUMABLE_CHANGES:
+            keys.append(key)
+    return keys
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The saved config of ``run_dir``, checked against this command's overrides."""
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"resume={run_dir}: not a run directory (no .hydra/config.yaml)")
+    saved = OmegaConf.load(saved_path)
+    differing = [k for k in _override_keys() if OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
+    if differing:
+        raise ConfigError(f"resume={run_dir} continues that run with its saved config, but this command "
+                          f"changes {', '.join(differing)}; drop those overrides or start a new run")
+    saved.resume = True
+    for key in ("train.epochs", "train.progress", "train.check_every"):
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    return saved
+
+
+def configure(cfg: DictConfig) -> tuple[Config, Path]:
+    """Validate the composed config and pick the run directory (``resume=PATH`` moves it)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if isinstance(cfg.get("resume"), str) and cfg.resume.lower() not in ("true", "false"):
+        run_dir = Path(cfg.resume)
+        cfg = _resume_from(cfg, run_dir)
+        log.info("continuing the run in %s", run_dir)
+    return validate(cfg), run_dir
+
+
+def _guarded(task):
+    """Report a user-fixable problem as one line and a non-zero exit, not a traceback."""
+
+    def wrapper(cfg: DictConfig) -> None:
+        from hets_ep.train import RunInterrupted
+
+        for noisy in ("jax", "absl"):  # backend probing and orbax's save log are noise to users
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+        try:
+            task(cfg)
+        except RunInterrupted as err:
+            log.warning("%s", err)
+            sys.exit(err.exit_code)
+        except HetsEpError as err:
+            fail(str(err))
+
+    return wrapper
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@_guarded
+def train_app(cfg: DictConfig) -> None:
+    from hets_ep.train import run
+
+    config, run_dir = configure(cfg)
+    summary = run(config, run_dir)
+    log.info("%s: best test accuracy %s after %d epochs; outputs in %s", summary["status"],
+             summary["best_test_acc"], summary["epochs_completed"], run_dir)
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@_guarded
+def gradcheck_app(cfg: DictConfig) -> None:
+    from hets_ep.gradcheck import gradcheck
+
+    config, run_dir = configure(cfg)
+    report = gradcheck(config)
+    from hets_ep import io
+
+    io.write_json(run_dir / "gradcheck.json", report)
+    print(f"gradcheck written to {run_dir / 'gradcheck.json'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command in ("train", "gradcheck"):
+        precheck(rest)
+        sys.argv = [f"hets-ep {command}", *rest]
+        if command == "gradcheck" and not any(a.startswith("hydra.job.name=") for a in rest):
+            sys.argv.append("hydra.job.name=gradcheck")
+        (train_app if command == "train" else gradcheck_app)()
+    elif command == "report":
+        from hets_ep.report import main as report_main
+
+        try:
+            report_main(rest)
+        except HetsEpError as err:
+            fail(str(err))
+    elif command == "bench":
+        from hets_ep.bench import main as bench_main
+
+        bench_main(rest)
+    else:
+        fail(f"unknown command {command!r}; choose train, gradcheck, report or bench (hets-ep --help)")
+
+
+if __name__ == "__main__":
+    main()

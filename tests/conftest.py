@@ -1,0 +1,67 @@
+"""Shared fixtures: the MNIST files (from ../shared/data/mnist or $HETS_EP_DATA) and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mnist_root() -> Path:
+    candidates = [os.environ.get("HETS_EP_DATA"), ROOT.parent / "shared" / "data" / "mnist",
+                  ROOT / "hets_ep" / "data" / "mnist"]
+    for c in candidates:
+        if c and (Path(c) / "train-images-idx3-ubyte.gz").exists():
+            return Path(c)
+    raise RuntimeError("MNIST files not found: set HETS_EP_DATA to a folder with the four .gz files")
+
+
+MNIST_ROOT = _mnist_root()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from hets_ep.data import load_dataset
+
+    return load_dataset("mnist", root=str(MNIST_ROOT))
+
+
+@pytest.fixture(scope="session")
+def batch(mnist):
+    """32 MNIST training images and labels."""
+    return mnist.x_train[:32], mnist.y_train[:32]
+
+
+def hets_ep(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the ``hets-ep`` command line in a subprocess."""
+    result = subprocess.run([sys.executable, "-m", "hets_ep.cli", *args], cwd=cwd or ROOT, capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"hets-ep {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+# Small, fast settings for runs in tests: real MNIST, a subset, a narrow network.
+TINY = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=1000", "model.hidden=[64]",
+        "train.epochs=2", "train.eval_batch_size=2000", "ep.T1=15", "ep.T2=5")
+
+
+def metrics_without_timing(path: Path) -> list[dict]:
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "samples_per_s")} for row in rows]
+
+
+def assert_close_trees(a, b, atol=0.0):
+    import jax
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
