@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep.config import Config, register_schema, validate
+from hets_ep.config import Config, compose, register_schema, validate
 from hets_ep.errors import ConfigError, HetsEpError
 
 log = logging.getLogger("hets_ep")
@@ -54,7 +54,6 @@ def precheck(args: list[str]) -> None:
     sweep fails at once rather than after the first jobs ran. Runs with Hydra's own flags
     (``--help``, ``--cfg``, …) are left to Hydra.
     """
-    from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
@@ -65,9 +64,8 @@ def precheck(args: list[str]) -> None:
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         variants = [fixed] + [fixed + [f"{o.get_key_element()}={v}"]
                               for o in parsed if o.is_sweep_override() for v in o.sweep_string_iterator()]
-        with initialize_config_module("hets_ep.conf", version_base="1.3"):
-            for variant in variants:
-                validate(compose("train", overrides=variant))
+        for variant in variants:
+            compose(variant)
     except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
         fail(_one_line(err))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import field
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import jax
 import optax
@@ -223,6 +223,16 @@ def register_schema() -> None:
     """Make :class:`Config` the base of ``train.yaml`` (its defaults list starts with it), so
     every key exists with its type and default before the groups and overrides apply."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
+def compose(overrides: Sequence[str] = ()) -> Config:
+    """The validated config that ``hets-ep train OVERRIDES`` would run (for scripts and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_schema()
+    with initialize_config_module("hets_ep.conf", version_base="1.3"):
+        return validate(hydra_compose("train", overrides=list(overrides)))
 
 
 def validate(cfg: DictConfig) -> Config:

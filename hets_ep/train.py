@@ -65,11 +65,11 @@ def make_steps(net: Network, phases: ep.Phases, tx: optax.GradientTransformation
     @jax.jit
     def train_step(params, opt_state, acc, dt, x, y, key):
         est = ep.estimate(net, params, x, y, dt, phases, key)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(est.grads)]))
         acc = _accumulate(acc, net, params, est.free, y, jnp.ones_like(y, jnp.float32), residual_tol)
-        acc["finite"] &= finite
         updates, opt_state = tx.update(est.grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, acc
+        params = optax.apply_updates(params, updates)
+        acc["finite"] &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        return params, opt_state, acc
 
     @jax.jit
     def eval_step(params, acc, dt, x, y, mask):
@@ -273,6 +273,8 @@ class Run:
         self.batch += 1
 
     def train(self) -> dict:
+        """Train to ``train.epochs``; SIGINT/SIGTERM are caught for the whole call, so the final
+        writes also complete before the process reacts to them."""
         cfg = self.cfg
         if cfg.resume and self.restore() and self.epoch >= cfg.train.epochs:
             log.info("run already completed %d epochs", self.epoch)
@@ -282,33 +284,38 @@ class Run:
         signals = StopSignals()
         with signals.installed():
             while self.epoch < cfg.train.epochs:
-                start = time.perf_counter()
-                order = train_batches(len(self.data.x_train), cfg.train.batch_size, cfg.seed, self.epoch)
-                bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}",
-                           unit="batch", disable=None if cfg.train.progress else True, leave=False)
-                while self.batch < self.steps_per_epoch:
-                    self._train_batch(order)
-                    bar.update()
-                    if signals.received is not None:
-                        bar.close()
-                        return self._interrupt(signals.received, time.perf_counter() - start)
-                    if self.batch % cfg.train.check_every == 0 and not _healthy(_summarise(self.acc),
-                                                                                cfg.train.explode_threshold):
-                        break
-                bar.close()
-                train = _summarise(self.acc)
-                if not _healthy(train, cfg.train.explode_threshold):
-                    self.elapsed += time.perf_counter() - start
-                    log.warning("epoch %d diverged (loss %s, max |s| %.3g)", self.epoch + 1, train["loss"],
-                                train["max_state"])
-                    return self.write("diverged", diverged_epoch=self.epoch + 1)
-                train_time = time.perf_counter() - start
-                test = evaluate(self.eval_step, self.params, self.dt, self.data.x_test, self.data.y_test,
-                                cfg.train.eval_batch_size)
-                self._end_epoch(train, test, train_time, time.perf_counter() - start)
-                if not _healthy(test, cfg.train.explode_threshold):
-                    return self.write("diverged", diverged_epoch=self.epoch)
-        return self.write("completed")
+                outcome = self._epoch(signals)
+                if outcome is not None:
+                    return outcome
+            return self.write("completed")
+
+    def _epoch(self, signals: StopSignals) -> dict | None:
+        """Train and evaluate one epoch; a summary if the run must stop here, else None."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        order = train_batches(len(self.data.x_train), cfg.train.batch_size, cfg.seed, self.epoch)
+        with tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}", unit="batch",
+                  disable=None if cfg.train.progress else True, leave=False) as bar:
+            while self.batch < self.steps_per_epoch:
+                self._train_batch(order)
+                bar.update()
+                if signals.received is not None:
+                    self._interrupt(signals.received, time.perf_counter() - start)
+                if self.batch % cfg.train.check_every == 0 and not _healthy(_summarise(self.acc),
+                                                                            cfg.train.explode_threshold):
+                    break
+        train = _summarise(self.acc)
+        if not _healthy(train, cfg.train.explode_threshold):
+            self.elapsed += time.perf_counter() - start
+            log.warning("epoch %d diverged (loss %s, max |s| %.3g)", self.epoch + 1, train["loss"], train["max_state"])
+            return self.write("diverged", diverged_epoch=self.epoch + 1)
+        train_time = time.perf_counter() - start
+        test = evaluate(self.eval_step, self.params, self.dt, self.data.x_test, self.data.y_test,
+                        cfg.train.eval_batch_size)
+        self._end_epoch(train, test, train_time, time.perf_counter() - start)
+        if not _healthy(test, cfg.train.explode_threshold):
+            return self.write("diverged", diverged_epoch=self.epoch)
+        return None
 
     def _end_epoch(self, train: dict, test: dict, train_time: float, epoch_time: float) -> None:
         cfg = self.cfg
@@ -342,6 +349,7 @@ class Run:
         return rates * len(layer_names(self.params)) if len(rates) == 1 else list(rates)
 
     def _interrupt(self, signum: int, partial_time: float):
+        """Checkpoint mid-epoch, write ``status: interrupted`` and raise :class:`RunInterrupted`."""
         self.elapsed += partial_time
         self.save()
         log.warning("received %s: checkpointed at epoch %d, batch %d; continue with resume=true",
