@@ -294,11 +294,12 @@ class Run:
         cfg = self.cfg
         start = time.perf_counter()
         order = train_batches(len(self.data.x_train), cfg.train.batch_size, cfg.seed, self.epoch)
-        with tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {self.epoch + 1}", unit="batch",
-                  disable=None if cfg.train.progress else True, leave=False) as bar:
+        size = cfg.train.batch_size
+        with tqdm(total=self.steps_per_epoch * size, initial=self.batch * size, desc=f"epoch {self.epoch + 1}",
+                  unit="sample", unit_scale=True, disable=None if cfg.train.progress else True, leave=False) as bar:
             while self.batch < self.steps_per_epoch:
                 self._train_batch(order)
-                bar.update()
+                bar.update(size)
                 if signals.received is not None:
                     self._interrupt(signals.received, time.perf_counter() - start)
                 if self.batch % cfg.train.check_every == 0 and not _healthy(_summarise(self.acc),
