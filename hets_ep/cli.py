@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -47,12 +49,16 @@ def _one_line(err: Exception) -> str:
     return "; ".join(parts)
 
 
+_PRECHECK_LIMIT = 256
+
+
 def precheck(args: list[str]) -> None:
     """Compose and validate every configuration a command line names, before any work.
 
-    A sweep ``-m key=a,b`` is checked value by value, so a typo in the last value of a long
-    sweep fails at once rather than after the first jobs ran. Runs with Hydra's own flags
-    (``--help``, ``--cfg``, …) are left to Hydra.
+    A sweep ``-m a=1,2 b=x,y`` is checked over its whole product (beyond 256 combinations, each
+    value once, with the first value of the other sweeps), so a bad value fails at once rather
+    than after the first jobs ran. Runs with Hydra's own flags (``--help``, ``--cfg``, …) are
+    left to Hydra.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -62,8 +68,13 @@ def precheck(args: list[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        variants = [fixed] + [fixed + [f"{o.get_key_element()}={v}"]
-                              for o in parsed if o.is_sweep_override() for v in o.sweep_string_iterator()]
+        sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+                  for o in parsed if o.is_sweep_override()]
+        if math.prod(map(len, sweeps)) <= _PRECHECK_LIMIT:
+            variants = [fixed + list(combo) for combo in itertools.product(*sweeps)]
+        else:
+            firsts = [values[0] for values in sweeps]
+            variants = [fixed + firsts[:i] + [v] + firsts[i + 1:] for i, values in enumerate(sweeps) for v in values]
         for variant in variants:
             compose(variant)
     except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
@@ -131,9 +142,9 @@ def train_app(cfg: DictConfig) -> None:
     from hets_ep.train import run
 
     config, run_dir = configure(cfg)
-    summary = run(config, run_dir)
-    log.info("%s: best test accuracy %s after %d epochs; outputs in %s", summary["status"],
-             summary["best_test_acc"], summary["epochs_completed"], run_dir)
+    for summary in run(config, run_dir):
+        log.info("seed %d %s: best test accuracy %s after %d epochs; outputs in %s", summary["seed"],
+                 summary["status"], summary["best_test_acc"], summary["epochs_completed"], run_dir)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -160,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [f"hets-ep {command}", *rest]
         if command == "gradcheck" and not any(a.startswith("hydra.job.name=") for a in rest):
             sys.argv.append("hydra.job.name=gradcheck")
-        (train_app if command == "train" else gradcheck_app)()
+        try:
+            (train_app if command == "train" else gradcheck_app)()
+        except ValueError as err:  # Hydra's own usage errors (conflicting flags) arrive as ValueError
+            fail(str(err))
     elif command == "report":
         from hets_ep.report import main as report_main
 

@@ -4,12 +4,17 @@ Read top to bottom: :func:`run` sets a run up (or restores it from its last chec
 loops over epochs; each epoch trains on shuffled batches with the configured estimator,
 evaluates the test set with the free phase only, appends one line to ``metrics.jsonl``, saves
 a checkpoint and rewrites ``summary.json``. SIGINT/SIGTERM checkpoint mid-epoch and stop with
-``status: interrupted``; NaN/inf or an exploding state stops with ``status: diverged``.
+``status: interrupted``; NaN/inf or an exploding state stops a seed with ``status: diverged``.
+
+Every array carries a leading *member* axis, one entry per seed (``train.parallel_seeds``,
+1 by default), and the steps are ``jax.vmap``-ed over it: one code path trains one seed or
+many in one program.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import signal
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from hets_ep import __version__, ep, io, seeding, stability
@@ -37,9 +43,9 @@ log = logging.getLogger(__name__)
 ACCUMULATORS = ("loss", "correct", "residual", "unconverged", "oscillation", "count")
 
 
-def _zero_accumulators() -> dict[str, jax.Array]:
-    return {**{k: jnp.zeros((), jnp.float32) for k in ACCUMULATORS},
-            "max_state": jnp.zeros((), jnp.float32), "finite": jnp.ones((), bool)}
+def _zero_accumulators(members: int) -> dict[str, jax.Array]:
+    return {**{k: jnp.zeros((members,), jnp.float32) for k in ACCUMULATORS},
+            "max_state": jnp.zeros((members,), jnp.float32), "finite": jnp.ones((members,), bool)}
 
 
 def _accumulate(acc, net: Network, params, free: ep.Relaxation, y, mask, residual_tol: float):
@@ -60,43 +66,54 @@ def _accumulate(acc, net: Network, params, free: ep.Relaxation, y, mask, residua
 
 
 def make_steps(net: Network, phases: ep.Phases, tx: optax.GradientTransformation, residual_tol: float):
-    """The jitted training step and evaluation step (dt is an argument, not a constant)."""
+    """Jitted training and evaluation steps over a leading *member* axis (one per seed).
 
-    @jax.jit
-    def train_step(params, opt_state, acc, dt, x, y, key):
-        est = ep.estimate(net, params, x, y, dt, phases, key)
+    Every argument but ``step`` (training) or the test batch (evaluation) carries the member
+    axis; ``jax.vmap`` maps the single-seed step over it, so K seeds train in one program.
+    """
+
+    def train_one(params, opt_state, acc, dt, x, y, key, step):
+        est = ep.estimate(net, params, x, y, dt, phases, jax.random.fold_in(key, step))
         acc = _accumulate(acc, net, params, est.free, y, jnp.ones_like(y, jnp.float32), residual_tol)
         updates, opt_state = tx.update(est.grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         acc["finite"] &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         return params, opt_state, acc
 
-    @jax.jit
-    def eval_step(params, acc, dt, x, y, mask):
+    def eval_one(params, acc, dt, x, y, mask):
         free = ep.free_phase(net, params, net.drive(params, x), dt, phases)
         return _accumulate(acc, net, params, free, y, mask, residual_tol)
 
+    train_step = jax.jit(jax.vmap(train_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None)))
+    eval_step = jax.jit(jax.vmap(eval_one, in_axes=(0, 0, 0, None, None, None)))
     return train_step, eval_step
 
 
-def _summarise(acc: dict[str, jax.Array]) -> dict[str, float]:
-    host = {k: float(v) for k, v in acc.items()}
-    n = max(host["count"], 1.0)
-    return {"loss": host["loss"] / n, "acc": host["correct"] / n, "residual": host["residual"] / n,
-            "unconverged": host["unconverged"] / n, "oscillation": host["oscillation"] / n,
-            "max_state": host["max_state"], "finite": bool(host["finite"])}
+def _summarise(acc: dict[str, jax.Array]) -> list[dict[str, float]]:
+    """Per member: means of the accumulated sums."""
+    host = jax.device_get(acc)
+    out = []
+    for k in range(len(host["count"])):
+        n = max(float(host["count"][k]), 1.0)
+        out.append({"loss": float(host["loss"][k]) / n, "acc": float(host["correct"][k]) / n,
+                    "residual": float(host["residual"][k]) / n, "unconverged": float(host["unconverged"][k]) / n,
+                    "oscillation": float(host["oscillation"][k]) / n, "max_state": float(host["max_state"][k]),
+                    "finite": bool(host["finite"][k])})
+    return out
 
 
 def _healthy(stats: dict, threshold: float) -> bool:
     return stats["finite"] and np.isfinite(stats["loss"]) and stats["max_state"] <= threshold
 
 
-def evaluate(eval_step, params, dt, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
-    """Free-phase loss, accuracy and relaxation diagnostics over a whole split."""
-    acc = _zero_accumulators()
+def evaluate(eval_step, params, dt, x: np.ndarray, y: np.ndarray, batch_size: int, members: int,
+             placement: "Placement") -> list[dict[str, float]]:
+    """Per member: free-phase loss, accuracy and relaxation diagnostics over a whole split."""
+    acc = placement.members(_zero_accumulators(members))
     for idx, valid in eval_batches(len(x), batch_size):
         mask = (np.arange(len(idx)) < valid).astype(np.float32)
-        acc = eval_step(params, acc, dt, x[idx], y[idx], mask)
+        acc = eval_step(params, acc, dt, placement.shared(x[idx]), placement.shared(y[idx]),
+                        placement.shared(mask))
     return _summarise(acc)
 
 
@@ -157,8 +174,75 @@ def _learning_curve(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+class Placement:
+    """Where arrays live. With several devices (GPUs, or CPU devices forced with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) the member axis is sharded across
+    them when it divides evenly, else the batch axis; with one device nothing moves."""
+
+    def __init__(self, members: int, batch: int, eval_batch: int):
+        devices = jax.devices()
+        self.mesh = jax.sharding.Mesh(np.array(devices), ("d",)) if len(devices) > 1 else None
+        self.axis = None
+        if self.mesh is not None:
+            if members % len(devices) == 0:
+                self.axis = "members"
+            elif batch % len(devices) == 0 and eval_batch % len(devices) == 0:
+                self.axis = "batch"
+            if self.axis:
+                log.info("sharding the %s axis across %d devices", self.axis, len(devices))
+            else:
+                log.warning("%d devices, but neither the %d seeds nor the batch sizes (%d, %d) divide evenly: "
+                            "running unsharded", len(devices), members, batch, eval_batch)
+
+    def _put(self, tree, *spec):
+        if self.axis is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec)))
+
+    def members(self, tree):
+        """Arrays with a leading member axis (weights, optimizer state, dt, keys)."""
+        return self._put(tree, "d") if self.axis == "members" else self._put(tree)
+
+    def batch(self, x):
+        """A training batch ``(members, batch, …)``."""
+        return self._put(x, *(("d",) if self.axis == "members" else (None, "d") if self.axis == "batch" else ()))
+
+    def shared(self, x):
+        """An evaluation batch ``(batch, …)``, the same for every member."""
+        return self._put(x, *(("d",) if self.axis == "batch" else ()))
+
+
+@dataclasses.dataclass
+class Member:
+    """One seed of a run: its own directory, dt draw, history and status."""
+
+    seed: int
+    dir: Path
+    dt_stats: dict
+    history: list[dict] = dataclasses.field(default_factory=list)
+    status: str = "running"
+    diverged_epoch: int | None = None
+
+    def state(self) -> dict:
+        return {"history": self.history, "status": self.status, "diverged_epoch": self.diverged_epoch}
+
+
+def _stack(trees: list):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _member(tree, k: int):
+    return jax.tree.map(lambda a: a[k], tree)
+
+
 class Run:
-    """One training run writing into ``run_dir`` (see DESIGN.md, "What a run writes")."""
+    """A training run writing into ``run_dir`` (see DESIGN.md, "What a run writes").
+
+    With ``train.parallel_seeds=K`` it trains seeds ``seed … seed+K−1`` in one program, each
+    with its own weights, dt draw and data order, and each writes ``run_dir/seed_<s>/`` exactly
+    as a separate run would (including ``.hydra/config.yaml`` with its own seed); the shared
+    checkpoints live in ``run_dir/checkpoints``.
+    """
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.dir = cfg, Path(run_dir)
@@ -168,29 +252,43 @@ class Run:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.data.x_train)} "
                               "training examples")
+        k = cfg.train.parallel_seeds
+        seeds = [cfg.seed + i for i in range(k)]
+        dirs = [self.dir] if k == 1 else [self.dir / f"seed_{s}" for s in seeds]
         self.net = cfg.model.build(self.data.classes)
-        self.params = self.net.init(seeding.key(cfg.seed, "init"), self.data.input_shape)
-        dt, self.dt_stats = sample_dt(cfg.seed, cfg.dt, self.net.state_shapes(self.data.input_shape))
-        self.dt = tuple(jnp.asarray(d) for d in dt)
-        self.tx = cfg.optimizer.build(self.params, self.steps_per_epoch, cfg.train.epochs)
-        self.opt_state = self.tx.init(self.params)
+        shapes = self.net.state_shapes(self.data.input_shape)
+        draws = [sample_dt(s, cfg.dt, shapes) for s in seeds]
+        self.members = [Member(s, d, stats) for s, d, (_, stats) in zip(seeds, dirs, draws)]
+        self.place = Placement(k, cfg.train.batch_size, cfg.train.eval_batch_size)
+        params = [self.net.init(seeding.key(s, "init"), self.data.input_shape) for s in seeds]
+        self.tx = cfg.optimizer.build(params[0], self.steps_per_epoch, cfg.train.epochs)
+        self.params = self.place.members(_stack(params))
+        self.opt_state = self.place.members(jax.vmap(self.tx.init)(self.params))
+        self.dt = self.place.members(_stack([tuple(map(jnp.asarray, dt)) for dt, _ in draws]))
+        self.keys = self.place.members(jnp.stack([seeding.key(s, "estimator") for s in seeds]))
+        self.acc = self.place.members(_zero_accumulators(k))
         self.train_step, self.eval_step = make_steps(self.net, cfg.ep, self.tx, cfg.stability.residual_tol)
-        self.estimator_key = seeding.key(cfg.seed, "estimator")
         self.schedule = cfg.optimizer.schedule_fn(self.steps_per_epoch, cfg.train.epochs)
         self.probe = self._make_probe() if cfg.stability.gradcheck_every else None
         self.checkpoints = Checkpoints(self.dir / "checkpoints")
-        self.history: list[dict] = []
-        self.epoch, self.batch = 0, 0
-        self.acc = _zero_accumulators()
-        self.elapsed = 0.0
-        io.write_npz(self.dir / "dt.npz", **{f"layer{i}": d for i, d in enumerate(dt)})
+        self.epoch, self.batch, self.elapsed = 0, 0, 0.0
+        for member, (dt, _) in zip(self.members, draws):
+            io.write_npz(member.dir / "dt.npz", **{f"layer{i}": d for i, d in enumerate(dt)})
+            if k > 1:
+                own = dataclasses.replace(cfg, seed=member.seed, train=dataclasses.replace(cfg.train, parallel_seeds=1))
+                io.write_text(member.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(own)))
+
+    @property
+    def active(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if m.status == "running"]
 
     # -- state that a checkpoint holds -------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
         return {"params": self.params, "opt_state": self.opt_state, "acc": self.acc}
 
     def save(self) -> None:
-        meta = {"epoch": self.epoch, "batch": self.batch, "history": self.history, "elapsed": self.elapsed}
+        meta = {"epoch": self.epoch, "batch": self.batch, "elapsed": self.elapsed,
+                "members": [m.state() for m in self.members]}
         self.checkpoints.save(self.epoch * self.steps_per_epoch + self.batch, self._tree(), meta)
 
     def restore(self) -> bool:
@@ -199,82 +297,97 @@ class Run:
             return False
         tree, meta = restored
         self.params, self.opt_state, self.acc = tree["params"], tree["opt_state"], tree["acc"]
-        self.epoch, self.batch, self.history, self.elapsed = meta["epoch"], meta["batch"], meta["history"], \
-            meta["elapsed"]
+        self.epoch, self.batch, self.elapsed = meta["epoch"], meta["batch"], meta["elapsed"]
+        for member, state in zip(self.members, meta["members"]):
+            member.history, member.status, member.diverged_epoch = (state["history"], state["status"],
+                                                                    state["diverged_epoch"])
         log.info("resumed from epoch %d, batch %d", self.epoch, self.batch)
         return True
 
     # -- outputs -----------------------------------------------------------------------------
-    def summary(self, status: str, diverged_epoch: int | None = None) -> dict:
-        accs = [h["test_acc"] for h in self.history]
+    def summary(self, member: Member, status: str) -> dict:
+        history = member.history
+        accs = [h["test_acc"] for h in history]
         st = self.cfg.stability
         stats = stability.run_statistics(accs, self.data.classes, collapse_drop=st.collapse_drop,
                                          chance_margin=st.chance_margin, jitter_window=st.jitter_window,
                                          target_acc=st.target_acc)
         stats.update(
-            diverged_epoch=diverged_epoch,
-            mean_test_residual=stability.mean_or_none([h["test_residual"] for h in self.history]),
-            final_test_residual=self.history[-1]["test_residual"] if self.history else None,
-            final_unconverged=self.history[-1]["test_unconverged"] if self.history else None,
-            mean_oscillation=stability.mean_or_none([h["test_oscillation"] for h in self.history]),
+            diverged_epoch=member.diverged_epoch,
+            mean_test_residual=stability.mean_or_none([h["test_residual"] for h in history]),
+            final_test_residual=history[-1]["test_residual"] if history else None,
+            final_unconverged=history[-1]["test_unconverged"] if history else None,
+            mean_oscillation=stability.mean_or_none([h["test_oscillation"] for h in history]),
         )
         best = int(np.argmax(accs)) if accs else None
         return {
             "status": status,
-            "seed": self.cfg.seed,
-            "epochs_completed": len(self.history),
+            "seed": member.seed,
+            "epochs_completed": len(history),
             "epochs_planned": self.cfg.train.epochs,
             "best_test_acc": accs[best] if accs else None,
             "best_epoch": best + 1 if accs else None,
             "final_test_acc": accs[-1] if accs else None,
-            "final_train_acc": self.history[-1]["train_acc"] if self.history else None,
+            "final_train_acc": history[-1]["train_acc"] if history else None,
             "stability": stats,
-            "dt": self.dt_stats,
-            "timings": {"total_s": self.elapsed,
-                        "mean_epoch_s": stability.mean_or_none([h["epoch_time_s"] for h in self.history]),
-                        "samples_per_s": stability.mean_or_none([h["samples_per_s"] for h in self.history])},
+            "dt": member.dt_stats,
+            "timings": {"total_s": self.elapsed, "parallel_seeds": len(self.members),
+                        "mean_epoch_s": stability.mean_or_none([h["epoch_time_s"] for h in history]),
+                        "samples_per_s": stability.mean_or_none([h["samples_per_s"] for h in history])},
             "versions": versions(),
         }
 
-    def write(self, status: str, diverged_epoch: int | None = None) -> dict:
-        """Rewrite metrics.jsonl and summary.json; once the run stops, plot its learning curve."""
-        io.write_jsonl(self.dir / "metrics.jsonl", self.history)
-        summary = self.summary(status, diverged_epoch)
-        io.write_json(self.dir / "summary.json", summary)
-        if status != "running" and self.history:
-            _learning_curve(self.dir / "plots" / "learning_curve.png", self.history)
-        return summary
+    def write(self, status: str) -> list[dict]:
+        """Rewrite each member's metrics.jsonl and summary.json (members that diverged keep that
+        status); once a member stops, plot its learning curve."""
+        summaries = []
+        for member in self.members:
+            own = member.status if member.status != "running" else status
+            io.write_jsonl(member.dir / "metrics.jsonl", member.history)
+            summaries.append(self.summary(member, own))
+            io.write_json(member.dir / "summary.json", summaries[-1])
+            if own != "running" and member.history:
+                _learning_curve(member.dir / "plots" / "learning_curve.png", member.history)
+        return summaries
 
     # -- the loop ----------------------------------------------------------------------------
     def _make_probe(self):
-        compare = ep.make_comparator(self.net, self.cfg.ep, (self.cfg.ep.estimator,)) \
-            if self.cfg.ep.estimator != "bptt" else None
+        if self.cfg.ep.estimator == "bptt":
+            return lambda k: {}
+        compare = ep.make_comparator(self.net, self.cfg.ep, (self.cfg.ep.estimator,))
         n = min(self.cfg.gradcheck.batch_size, len(self.data.x_train))
         x, y = self.data.x_train[:n], self.data.y_train[:n]
 
-        def probe(params) -> dict:
-            if compare is None:
-                return {}
-            cosines = [v["cosine"] for v in
-                       compare(params, x, y, self.dt, self.estimator_key)["estimators"][self.cfg.ep.estimator].values()]
+        def probe(k: int) -> dict:
+            report = compare(_member(self.params, k), x, y, _member(self.dt, k), self.keys[k])
+            cosines = [v["cosine"] for v in report["estimators"][self.cfg.ep.estimator].values()]
             return {"gradcheck_min_cosine": min(cosines), "gradcheck_mean_cosine": float(np.mean(cosines))}
 
         return probe
 
-    def _train_batch(self, order: list[np.ndarray]) -> None:
-        cfg = self.cfg
-        idx = order[self.batch]
+    def _train_batch(self, orders: list[list[np.ndarray]]) -> None:
+        idx = np.stack([order[self.batch] for order in orders])
         x = self.data.x_train[idx]
-        if cfg.dataset.augment:
-            x = augment(x, seeding.numpy_rng(cfg.seed, "augment", self.epoch, self.batch))
-        key = jax.random.fold_in(self.estimator_key, self.epoch * self.steps_per_epoch + self.batch)
+        if self.cfg.dataset.augment:
+            x = np.stack([augment(x[k], seeding.numpy_rng(m.seed, "augment", self.epoch, self.batch))
+                          for k, m in enumerate(self.members)])
+        step = self.epoch * self.steps_per_epoch + self.batch
         self.params, self.opt_state, self.acc = self.train_step(
-            self.params, self.opt_state, self.acc, self.dt, x, self.data.y_train[idx], key)
+            self.params, self.opt_state, self.acc, self.dt, self.place.batch(x),
+            self.place.batch(self.data.y_train[idx]), self.keys, step)
         self.batch += 1
 
-    def train(self) -> dict:
-        """Train to ``train.epochs``; SIGINT/SIGTERM are caught for the whole call, so the final
-        writes also complete before the process reacts to them."""
+    def _mark_unhealthy(self, stats: list[dict], epoch: int) -> None:
+        for k in self.active:
+            if not _healthy(stats[k], self.cfg.train.explode_threshold):
+                member = self.members[k]
+                member.status, member.diverged_epoch = "diverged", epoch
+                log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch,
+                            stats[k]["loss"], stats[k]["max_state"])
+
+    def train(self) -> list[dict]:
+        """Train to ``train.epochs``; returns each member's summary. SIGINT/SIGTERM are caught for
+        the whole call, so the final writes also complete before the process reacts to them."""
         cfg = self.cfg
         if cfg.resume and self.restore() and self.epoch >= cfg.train.epochs:
             log.info("run already completed %d epochs", self.epoch)
@@ -283,71 +396,67 @@ class Run:
             raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
         signals = StopSignals()
         with signals.installed():
-            while self.epoch < cfg.train.epochs:
-                outcome = self._epoch(signals)
-                if outcome is not None:
-                    return outcome
+            while self.epoch < cfg.train.epochs and self.active:
+                self._epoch(signals)
             return self.write("completed")
 
-    def _epoch(self, signals: StopSignals) -> dict | None:
-        """Train and evaluate one epoch; a summary if the run must stop here, else None."""
+    def _epoch(self, signals: StopSignals) -> None:
+        """Train and evaluate one epoch for every member still running."""
         cfg = self.cfg
         start = time.perf_counter()
-        order = train_batches(len(self.data.x_train), cfg.train.batch_size, cfg.seed, self.epoch)
-        size = cfg.train.batch_size
+        orders = [train_batches(len(self.data.x_train), cfg.train.batch_size, m.seed, self.epoch)
+                  for m in self.members]
+        size = cfg.train.batch_size * len(self.members)
         with tqdm(total=self.steps_per_epoch * size, initial=self.batch * size, desc=f"epoch {self.epoch + 1}",
                   unit="sample", unit_scale=True, disable=None if cfg.train.progress else True, leave=False) as bar:
             while self.batch < self.steps_per_epoch:
-                self._train_batch(order)
+                self._train_batch(orders)
                 bar.update(size)
                 if signals.received is not None:
                     self._interrupt(signals.received, time.perf_counter() - start)
-                if self.batch % cfg.train.check_every == 0 and not _healthy(_summarise(self.acc),
-                                                                            cfg.train.explode_threshold):
-                    break
+                if self.batch % cfg.train.check_every == 0:
+                    self._mark_unhealthy(_summarise(self.acc), self.epoch + 1)
+                    if not self.active:
+                        break
         train = _summarise(self.acc)
-        if not _healthy(train, cfg.train.explode_threshold):
-            self.elapsed += time.perf_counter() - start
-            log.warning("epoch %d diverged (loss %s, max |s| %.3g)", self.epoch + 1, train["loss"], train["max_state"])
-            return self.write("diverged", diverged_epoch=self.epoch + 1)
+        self._mark_unhealthy(train, self.epoch + 1)
         train_time = time.perf_counter() - start
         test = evaluate(self.eval_step, self.params, self.dt, self.data.x_test, self.data.y_test,
-                        cfg.train.eval_batch_size)
+                        cfg.train.eval_batch_size, len(self.members), self.place) if self.active else []
         self._end_epoch(train, test, train_time, time.perf_counter() - start)
-        if not _healthy(test, cfg.train.explode_threshold):
-            return self.write("diverged", diverged_epoch=self.epoch)
-        return None
 
-    def _end_epoch(self, train: dict, test: dict, train_time: float, epoch_time: float) -> None:
+    def _end_epoch(self, train: list[dict], test: list[dict], train_time: float, epoch_time: float) -> None:
         cfg = self.cfg
         step = (self.epoch + 1) * self.steps_per_epoch
-        row = {
-            "epoch": self.epoch + 1,
-            "train_loss": train["loss"], "train_acc": train["acc"],
-            "test_loss": test["loss"], "test_acc": test["acc"],
-            "train_residual": train["residual"], "test_residual": test["residual"],
-            "test_unconverged": test["unconverged"], "test_oscillation": test["oscillation"],
-            "max_state": max(train["max_state"], test["max_state"]),
-            "lr": [lr * float(self.schedule(step)) for lr in self._base_rates()],
-            "epoch_time_s": epoch_time,
-            "samples_per_s": self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
-        }
-        if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
-            row.update(self.probe(self.params))
-        row.update(stability.epoch_monitors([h["test_acc"] for h in self.history] + [test["acc"]],
-                                            cfg.stability.collapse_drop))
-        self.history.append(row)
+        lrs = [lr * float(self.schedule(step)) for lr in self._base_rates()]
+        for k in self.active:
+            member, tr, te = self.members[k], train[k], test[k]
+            row = {
+                "epoch": self.epoch + 1,
+                "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+                "train_residual": tr["residual"], "test_residual": te["residual"],
+                "test_unconverged": te["unconverged"], "test_oscillation": te["oscillation"],
+                "max_state": max(tr["max_state"], te["max_state"]), "lr": lrs, "epoch_time_s": epoch_time,
+                "samples_per_s": self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
+            }
+            if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
+                row.update(self.probe(k))
+            row.update(stability.epoch_monitors([h["test_acc"] for h in member.history] + [te["acc"]],
+                                                cfg.stability.collapse_drop))
+            member.history.append(row)
+            log.info("seed %d, epoch %d: train acc %.4f, test acc %.4f, residual %.2e, %.0f samples/s",
+                     member.seed, row["epoch"], row["train_acc"], row["test_acc"], row["test_residual"],
+                     row["samples_per_s"] * len(self.members))
+        self._mark_unhealthy(test, self.epoch + 1)
         self.epoch, self.batch = self.epoch + 1, 0
-        self.acc = _zero_accumulators()
+        self.acc = self.place.members(_zero_accumulators(len(self.members)))
         self.elapsed += epoch_time
         self.save()
         self.write("running")
-        log.info("epoch %d: train acc %.4f, test acc %.4f, residual %.2e, %.0f samples/s", row["epoch"],
-                 row["train_acc"], row["test_acc"], row["test_residual"], row["samples_per_s"])
 
     def _base_rates(self) -> list[float]:
         rates = self.cfg.optimizer.lr
-        return rates * len(layer_names(self.params)) if len(rates) == 1 else list(rates)
+        return rates * len(layer_names(_member(self.params, 0))) if len(rates) == 1 else list(rates)
 
     def _interrupt(self, signum: int, partial_time: float):
         """Checkpoint mid-epoch, write ``status: interrupted`` and raise :class:`RunInterrupted`."""
@@ -359,8 +468,8 @@ class Run:
         raise RunInterrupted(signum, self.dir)
 
 
-def run(cfg: Config, run_dir: Path) -> dict:
-    """Train one configuration into ``run_dir``; returns the summary that was written."""
+def run(cfg: Config, run_dir: Path) -> list[dict]:
+    """Train one configuration into ``run_dir``; returns the summary of each seed."""
     trainer = Run(cfg, run_dir)
     try:
         return trainer.train()

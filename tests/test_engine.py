@@ -135,11 +135,13 @@ def test_train_step_compiles_once_per_shape(mnist):
     net, params, dt = _setup(mnist.input_shape, hidden=(32,))
     tx = optax.sgd(0.1)
     train_step, _ = make_steps(net, ep.Phases(T1=5, T2=2), tx, 1e-3)
-    opt_state, acc = tx.init(params), _zero_accumulators()
+    one = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731  (a member axis of 1)
+    params, opt_state, acc, dt = one(params), one(tx.init(params)), _zero_accumulators(1), one(dt)
+    keys = jax.random.key(0)[None]
     for i in range(3):
         sl = slice(16 * i, 16 * (i + 1))
-        params, opt_state, acc = train_step(params, opt_state, acc, dt, mnist.x_train[sl], mnist.y_train[sl],
-                                            jax.random.key(i))
+        params, opt_state, acc = train_step(params, opt_state, acc, dt, mnist.x_train[None, sl],
+                                            mnist.y_train[None, sl], keys, i)
     assert train_step._cache_size() == 1
 
 

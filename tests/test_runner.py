@@ -62,6 +62,20 @@ def test_bad_value_deep_in_a_sweep_fails_before_any_job(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_sweep_validation_checks_combinations(tmp_path, capsys):
+    from hets_ep.cli import precheck
+
+    precheck(["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.5"])  # every combination is valid
+    with pytest.raises(SystemExit) as exit_info:
+        precheck(["-m", *TINY, "dt=uniform,gamma", "dt.cv=0.25,-1"])
+    assert exit_info.value.code == 2 and "dt.cv: must be >= 0" in capsys.readouterr().err
+    usage = hets_ep("train", "-m", *TINY, "dt=uniform,gamma", "--cfg", "job")
+    assert usage.returncode == 2 and "Only one of --run, --multirun, --cfg" in usage.stderr  # Hydra's, one line
+    bad = hets_ep("train", "-m", *TINY, "dt=scalar,lognormal", "dt.cv=0.5", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert bad.returncode == 2 and "dt.cv: scalar dt has cv 0" in bad.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_multirun_with_joblib_and_a_diverging_job(tmp_path):
     """Job 1 flags |s| > 0.5 as an exploding state (hard-sigmoid states reach 1): it stops as
     diverged, and the sweep goes on."""
@@ -76,8 +90,8 @@ def test_multirun_with_joblib_and_a_diverging_job(tmp_path):
 
 def test_nan_weights_stop_the_run_as_diverged(tmp_path):
     run = Run(compose([*TINY[1:], "train.progress=false"]), tmp_path)
-    run.params["params"]["layers_1"]["kernel"] = run.params["params"]["layers_1"]["kernel"].at[0, 0].set(np.nan)
-    summary = run.train()
+    run.params["params"]["layers_1"]["kernel"] = run.params["params"]["layers_1"]["kernel"].at[0, 0, 0].set(np.nan)
+    summary, = run.train()
     assert summary["status"] == "diverged" and summary["stability"]["diverged_epoch"] == 1
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
@@ -144,7 +158,8 @@ def test_seed_pairs_weights_and_data_across_dt_conditions(tmp_path):
     for other in runs[1:3]:
         assert_close_trees(runs[0].params, other.params)
         assert not all(np.array_equal(a, b) for a, b in zip(runs[0].dt, other.dt))
-    assert not np.allclose(runs[0].params["params"]["layers_0"]["kernel"], runs[3].params["params"]["layers_0"]["kernel"])
+    assert not np.allclose(runs[0].params["params"]["layers_0"]["kernel"],
+                           runs[3].params["params"]["layers_0"]["kernel"])
 
 
 def test_command_line_basics():
