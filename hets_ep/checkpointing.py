@@ -1,13 +1,15 @@
 """Checkpoints with orbax: arrays (weights, optimizer state, accumulators) plus JSON metadata.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed
-mid-write leaves the previous checkpoints intact. Restoring tries the newest step first and
-falls back to older ones, with a warning, if a step cannot be read.
+mid-write leaves the previous checkpoints intact (leftover temporary folders are cleaned up
+when the run restarts). Restoring tries the newest step first; a step that cannot be read is
+moved aside to ``checkpoints.corrupt/`` with a warning and the next older one is tried.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,10 +23,15 @@ log = logging.getLogger(__name__)
 
 class Checkpoints:
     def __init__(self, directory: Path, keep: int = 3):
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False),
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                                 cleanup_tmp_directories=True),
         )
+
+    def steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def save(self, step: int, tree: Any, meta: dict) -> None:
         if step in self.manager.all_steps():
@@ -32,6 +39,14 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree),
                                                        meta=ocp.args.JsonSave(meta)))
         self.manager.wait_until_finished()
+
+    def _set_aside(self, step: int) -> Path:
+        target = self.directory.with_name(self.directory.name + ".corrupt") / str(step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(self.directory / str(step)), target)
+        self.manager.reload()
+        return target
 
     def restore_latest(self, like: Any) -> Optional[tuple[Any, dict]]:
         """``(tree, meta)`` of the newest readable step shaped like ``like``; None if there is none.
@@ -47,11 +62,12 @@ class Checkpoints:
                     tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
                 return restored["tree"], restored["meta"]
             except Exception as err:  # orbax raises many types for unreadable steps
-                log.warning("checkpoint step %d is unreadable (%s: %s); trying an older one",
-                            step, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                moved = self._set_aside(step)
+                log.warning("checkpoint step %d is unreadable (%s: %s); moved it to %s and trying an older one",
+                            step, type(err).__name__, (str(err).splitlines() or [""])[0][:200], moved)
         if steps:
-            raise HetsEpError(f"{self.manager.directory}: none of the checkpoints (steps {steps}) can be read; "
-                              "move the folder away to start the run afresh")
+            raise HetsEpError(f"{self.directory}: none of the checkpoints (steps {steps}) can be read (moved to "
+                              f"{self.directory.name}.corrupt/); move them back or away to decide how to continue")
         return None
 
     def close(self) -> None:

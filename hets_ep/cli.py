@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -76,9 +78,53 @@ def precheck(args: list[str]) -> None:
             firsts = [values[0] for values in sweeps]
             variants = [fixed + firsts[:i] + [v] + firsts[i + 1:] for i, values in enumerate(sweeps) for v in values]
         for variant in variants:
-            compose(variant)
+            try:
+                compose(variant)
+            except Exception as err:
+                message = _one_line(err)
+                culprit = next((o for o in variant if _refused(o)), None)
+                key = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
+                fail(f"{culprit}: {message}" if key and key not in message else message)
     except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
         fail(_one_line(err))
+
+
+def _refused(override: str) -> bool:
+    try:
+        compose([override])
+        return False
+    except Exception:
+        return True
+
+
+MIN_FREE_BYTES = 100 * 2**20
+
+
+def check_output_dir(args: list[str]) -> None:
+    """Fail before any work if the run (or sweep) directory cannot be written, is nearly full,
+    or already holds a run that this command would overwrite (without ``resume``)."""
+    multirun = "-m" in args or "--multirun" in args
+    prefix = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    explicit = next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "false")
+    target = Path(explicit or "outputs")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        fail(f"cannot write run outputs under {target}: {err.strerror or err}")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        fail(f"only {free / 2**20:.0f} MiB free under {existing}; a run needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB")
+    if explicit and resume.lower() == "false" and target.is_dir():
+        runs = [target] if not multirun else sorted(d for d in target.iterdir() if d.is_dir())
+        used = [d for d in runs if (d / "checkpoints").exists() or (d / "summary.json").exists()]
+        if used:
+            fail(f"{used[0]} already holds a run; pass resume=true to continue it, or choose another directory")
 
 
 def _override_keys() -> list[str]:
@@ -168,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command in ("train", "gradcheck"):
         precheck(rest)
+        if command == "train" and not any(a.startswith("-") and a not in ("-m", "--multirun") for a in rest):
+            check_output_dir(rest)
         sys.argv = [f"hets-ep {command}", *rest]
         if command == "gradcheck" and not any(a.startswith("hydra.job.name=") for a in rest):
             sys.argv.append("hydra.job.name=gradcheck")

@@ -27,6 +27,11 @@ from hets_ep.models.network import DYNAMICS, LOSSES
 from hets_ep.timeconstants import DtSpec
 
 
+# Beyond these a run would not fit in memory or time: almost surely a typo.
+_MAX_COUNT = 10**6
+_MAX_WIDTH = 2**16
+
+
 def _choice(key: str, value: Any, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(map(str, choices))}")
@@ -74,9 +79,9 @@ class ModelConfig:
         _choice("model.dynamics", self.dynamics, DYNAMICS)
         _choice("model.pool", self.pool, ("max", "avg"))
         layers = self.hidden if self.arch == "mlp" else self.channels
-        if not layers or min(layers) < 1:
+        if not layers or min(layers) < 1 or max(layers) > _MAX_WIDTH:
             key = "model.hidden" if self.arch == "mlp" else "model.channels"
-            raise ConfigError(f"{key} must list at least one layer size >= 1, got {list(layers)}")
+            raise ConfigError(f"{key} must list at least one layer size in [1, {_MAX_WIDTH}], got {list(layers)}")
         if self.kernel < 1 or self.padding < 0:
             raise ConfigError(f"model.kernel must be >= 1 and model.padding >= 0, got {self.kernel}, {self.padding}")
 
@@ -161,8 +166,8 @@ class TrainLoopConfig:
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "check_every", "parallel_seeds"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+            if not 1 <= getattr(self, key) <= _MAX_COUNT:
+                raise ConfigError(f"train.{key} must be in [1, {_MAX_COUNT}], got {getattr(self, key)}")
         _positive("train.explode_threshold", self.explode_threshold)
 
 
@@ -210,8 +215,8 @@ class Config:
     resume: Any = False
 
     def __post_init__(self):
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"seed must be in [0, 2^31), got {self.seed}")
         if not isinstance(self.resume, (bool, str)) or self.resume == "":
             raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
 

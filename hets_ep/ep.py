@@ -27,6 +27,7 @@ from hets_ep.errors import ConfigError
 from hets_ep.models.network import Network, State
 
 EP_ESTIMATORS = ("one_sided", "random_sign", "symmetric")
+MAX_STEPS = 10**6
 ESTIMATORS = (*EP_ESTIMATORS, "bptt")
 
 
@@ -44,11 +45,11 @@ class Phases:
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"ep.estimator: unknown {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.T1 < 1 or self.T2 < 1:
-            raise ConfigError(f"ep.T1 and ep.T2 must be >= 1, got T1={self.T1}, T2={self.T2}")
+        if not (1 <= self.T1 <= MAX_STEPS and 1 <= self.T2 <= MAX_STEPS):
+            raise ConfigError(f"ep.T1 and ep.T2 must be in [1, {MAX_STEPS}], got T1={self.T1}, T2={self.T2}")
         if self.estimator != "bptt" and (not np.isfinite(self.beta) or self.beta <= 0):
             raise ConfigError(f"ep.beta must be a finite number > 0 for estimator {self.estimator}, got {self.beta}")
-        if self.window < 1 or self.unroll < 1:
+        if not (1 <= self.window <= MAX_STEPS and 1 <= self.unroll <= MAX_STEPS):
             raise ConfigError(f"ep.window and ep.unroll must be >= 1, got {self.window}, {self.unroll}")
 
 

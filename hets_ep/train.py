@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import platform
 import signal
 import time
@@ -392,7 +393,7 @@ class Run:
         if cfg.resume and self.restore() and self.epoch >= cfg.train.epochs:
             log.info("run already completed %d epochs", self.epoch)
             return self.write("completed")
-        if not cfg.resume and self.checkpoints.manager.all_steps():
+        if not cfg.resume and self.checkpoints.steps():
             raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
         signals = StopSignals()
         with signals.installed():
@@ -468,10 +469,44 @@ class Run:
         raise RunInterrupted(signum, self.dir)
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (created exclusively, holding our pid) while a process trains there.
+
+    A second process aiming at the same directory fails at once instead of interleaving its
+    writes; a lock left by a killed process (its pid no longer running) is taken over.
+    """
+    lock = Path(run_dir) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or "0")
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass
+            raise HetsEpError(f"{run_dir} is in use by process {pid}; wait for it or choose another hydra.run.dir")
+    else:
+        raise HetsEpError(f"{run_dir}: cannot take the run lock {lock}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run(cfg: Config, run_dir: Path) -> list[dict]:
     """Train one configuration into ``run_dir``; returns the summary of each seed."""
-    trainer = Run(cfg, run_dir)
-    try:
-        return trainer.train()
-    finally:
-        trainer.checkpoints.close()
+    with run_lock(run_dir):
+        trainer = Run(cfg, run_dir)
+        try:
+            return trainer.train()
+        finally:
+            trainer.checkpoints.close()

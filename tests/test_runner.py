@@ -41,9 +41,9 @@ def test_tiny_run_writes_everything_and_learns(tmp_path):
     ("dt=foo", "Could not find 'dt/foo'; choose one of gamma, layerwise, lognormal, normal, scalar, uniform"),
     ("foo=1", "Could not override 'foo'"),
     ("+dt.foo=1", "dt.foo: Key 'foo' not in 'DtSpec'"),
-    ("ep.T1=0", "ep.T1 and ep.T2 must be >= 1"),
+    ("ep.T1=0", "ep.T1 and ep.T2 must be in [1, 1000000]"),
     ("ep.beta=0", "ep.beta must be a finite number > 0"),
-    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.batch_size=0", "train.batch_size must be in [1, 1000000]"),
     ("dt.mean=abc", "Value 'abc' of type 'str' could not be converted to Float"),
     ("model.activation=relu", "choose one of hard_sigmoid, steep_sigmoid, tanh"),
 ])
@@ -136,8 +136,11 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path):
 def test_rerun_into_a_used_directory_needs_resume(tmp_path):
     run_dir = tmp_path / "run"
     hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
-    again = hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}")
-    assert again.returncode == 2 and "pass resume=true" in again.stderr
+    before = (run_dir / "metrics.jsonl").read_text()
+    again = hets_ep("train", *TINY, "train.epochs=1", "dt=gamma", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2 and "already holds a run; pass resume=true" in again.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert "dist: scalar" in (run_dir / ".hydra" / "config.yaml").read_text()  # not overwritten
 
 
 def test_resume_by_path_extends_a_finished_run(tmp_path):

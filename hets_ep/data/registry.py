@@ -132,4 +132,14 @@ def read(name: str, root: Optional[str] = None, path: Optional[str] = None):
         return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
     if name not in SOURCES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
-    return SOURCES[name].read(locate(name, root))
+    paths = locate(name, root)
+    fingerprint = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths.values())
+    if fingerprint not in _READ_CACHE:
+        _READ_CACHE.clear()  # one dataset at a time: sweeps in one process reuse it
+        _READ_CACHE[fingerprint] = SOURCES[name].read(paths)
+    return _READ_CACHE[fingerprint]
+
+
+# The parsed arrays of the last dataset read, keyed by its files' paths, sizes and mtimes. The
+# files are still verified on every read; only parsing is skipped.
+_READ_CACHE: dict[tuple, tuple] = {}

@@ -1,0 +1,80 @@
+"""Property-based bad input: every config value either runs (tiny settings) or is refused with
+one line naming its field, never a traceback. Counts the cases it ran (slow: a few minutes)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import io
+import tempfile
+from contextlib import redirect_stderr
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import MNIST_ROOT
+from hets_ep.cli import precheck
+from hets_ep.config import compose
+from hets_ep.errors import HetsEpError
+from hets_ep.train import Run
+
+BASE = ["train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=64", "model.hidden=[8]",
+        "train.epochs=1", "train.batch_size=16", "ep.T1=3", "ep.T2=2"]
+NUMERIC = ["dt.mean", "dt.cv", "dt.dt_min", "dt.dt_max", "ep.beta", "ep.T1", "ep.T2", "train.batch_size",
+           "train.epochs", "optimizer.momentum", "optimizer.weight_decay", "seed", "dataset.subset",
+           "train.explode_threshold", "stability.collapse_drop"]
+NUMBERS = ["-1", "0", "0.001", "0.3", "1", "2", "7", "1e12", "1e300", "nan", "inf", "-inf", "abc", "null", "[1,2]"]
+ENUMS = {"dt": ["scalar", "uniform", "normal", "lognormal", "gamma", "layerwise"],
+         "ep": ["symmetric", "one_sided", "random_sign", "bptt"],
+         "ep.estimator": ["symmetric", "one_sided", "random_sign", "bptt"],
+         "model.activation": ["hard_sigmoid", "steep_sigmoid", "tanh"], "model.loss": ["mse", "ce"],
+         "model.dynamics": ["leaky", "energy"], "dataset.normalize": ["unit", "standard", "none"],
+         "optimizer": ["sgd", "adam"], "optimizer.schedule": ["constant", "cosine", "step"],
+         "dt.sample": ["dt", "tau"], "dt.per": ["unit", "channel"]}
+CASES = int(os.environ.get("HETS_EP_BAD_INPUT_CASES", 220))
+# Keep runs tiny: values that would make a valid run long are left out of the strategy.
+SLOW_IF_VALID = {"ep.T1": {"1e12", "7"}, "ep.T2": {"1e12", "7"}, "train.epochs": {"7", "1e12"},
+                 "dataset.subset": {"1e12"}}
+
+numeric = st.tuples(st.sampled_from(NUMERIC), st.sampled_from(NUMBERS)).filter(
+    lambda kv: kv[1] not in SLOW_IF_VALID.get(kv[0], ()))
+enum = st.sampled_from(sorted(ENUMS)).flatmap(
+    lambda k: st.tuples(st.just(k), st.sampled_from(ENUMS[k] + ["foo", "''", "1"])))
+overrides = st.lists(st.one_of(numeric, enum), min_size=1, max_size=3, unique_by=lambda kv: kv[0])
+
+
+@pytest.mark.slow
+def test_config_values_run_or_fail_with_one_line():
+    outcomes = collections.Counter()
+
+    @settings(max_examples=CASES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(overrides)
+    def case(pairs):
+        args = BASE + [f"{k}={v}" for k, v in pairs]
+        stderr = io.StringIO()
+        try:
+            with redirect_stderr(stderr):
+                precheck(args)
+        except SystemExit as exit_info:
+            message = stderr.getvalue().strip()
+            assert exit_info.code == 2 and "\n" not in message, message
+            assert message.startswith("hets-ep: error: ")
+            assert any(k.split(".")[-1] in message or k.split(".")[0] in message for k, _ in pairs), (pairs, message)
+            outcomes["refused"] += 1
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                summaries = Run(compose(args), tmp).train()
+            except HetsEpError as err:  # refused once the data is known (e.g. batch larger than the set)
+                assert "\n" not in str(err) and any(k.split(".")[-1] in str(err) for k, _ in pairs), (pairs, err)
+                outcomes["refused at start"] += 1
+                return
+        assert {s["status"] for s in summaries} <= {"completed", "diverged"}
+        outcomes["ran"] += 1
+
+    case()
+    total = sum(outcomes.values())
+    print(f"\nbad-input cases: {total} ({dict(outcomes)})")
+    assert total >= min(200, CASES) and outcomes["ran"] > 0 and outcomes["refused"] > 0
