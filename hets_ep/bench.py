@@ -31,7 +31,7 @@ from hets_ep import ep, io
 from hets_ep.dynamics import step as dynamics_step
 from hets_ep.models import Network, build_network
 from hets_ep.timeconstants import DtSpec, sample_dt
-from hets_ep.train import _zero_accumulators, make_steps, versions
+from hets_ep.train import zero_accumulators, make_steps, versions
 
 PHASES = ep.Phases("one_sided", beta=0.1, T1=30, T2=10)
 WORKLOADS = {
@@ -103,7 +103,7 @@ def _ours(spec: dict, members: int = 1, phases: ep.Phases = PHASES):
     tx = optax.sgd(0.01)
     train_step, _ = make_steps(net, phases, tx, 1e-3)
     keys = jnp.stack([jax.random.key(s) for s in range(members)])
-    args = (params, jax.vmap(tx.init)(params), _zero_accumulators(members), dt, x, y, keys, 0)
+    args = (params, jax.vmap(tx.init)(params), zero_accumulators(members), dt, x, y, keys, 0)
     start = time.perf_counter()
     compiled = train_step.lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -127,7 +127,7 @@ def _naive(spec: dict, phases: ep.Phases = PHASES):
     def one_step(params, s, beta):
         return dynamics_step(net, params, net.drive(params, x), s, dt, beta, y)
 
-    gradient = jax.jit(lambda p, s1, s0, beta: ep._energy_gradient_difference(net, p, x, y, s1, beta, s0, None))
+    gradient = jax.jit(lambda p, s1, s0, beta: ep.energy_gradient_difference(net, p, x, y, s1, beta, s0, None))
     tx = optax.sgd(0.01)
     update = jax.jit(lambda g, o, p: tx.update(g, o, p))
     opt_state = tx.init(params)

@@ -66,7 +66,7 @@ def free_phase(net: Network, params, drive: jax.Array, dt: State, phases: Phases
     return relax(net, params, drive, s0, dt, phases.T1, window=phases.window, unroll=phases.unroll)
 
 
-def _energy_gradient_difference(net: Network, params, x, y, s1: State, beta1, s2: State, beta2):
+def energy_gradient_difference(net: Network, params, x, y, s1: State, beta1, s2: State, beta2):
     """``(∂F_{β1}/∂θ(s1) − ∂F_{β2}/∂θ(s2)) / (β1 − β2)``, batch-averaged.
 
     Both energies share one drive, so the first layer's weight gradient is a single product
@@ -94,11 +94,11 @@ def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, pha
 
     beta = jnp.asarray(phases.beta, x.dtype)
     if phases.estimator == "symmetric":
-        grads = _energy_gradient_difference(net, params, x, y, nudged(beta), beta, nudged(-beta), -beta)
+        grads = energy_gradient_difference(net, params, x, y, nudged(beta), beta, nudged(-beta), -beta)
     else:
         if phases.estimator == "random_sign":
             beta = jnp.where(jax.random.bernoulli(key), beta, -beta)
-        grads = _energy_gradient_difference(net, params, x, y, nudged(beta), beta, s_free, None)
+        grads = energy_gradient_difference(net, params, x, y, nudged(beta), beta, s_free, None)
     return Estimate(grads, free)
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 ACCUMULATORS = ("loss", "correct", "residual", "unconverged", "oscillation", "count")
 
 
-def _zero_accumulators(members: int) -> dict[str, jax.Array]:
+def zero_accumulators(members: int) -> dict[str, jax.Array]:
     return {**{k: jnp.zeros((members,), jnp.float32) for k in ACCUMULATORS},
             "max_state": jnp.zeros((members,), jnp.float32), "finite": jnp.ones((members,), bool)}
 
@@ -110,7 +110,7 @@ def _healthy(stats: dict, threshold: float) -> bool:
 def evaluate(eval_step, params, dt, x: np.ndarray, y: np.ndarray, batch_size: int, members: int,
              placement: "Placement") -> list[dict[str, float]]:
     """Per member: free-phase loss, accuracy and relaxation diagnostics over a whole split."""
-    acc = placement.members(_zero_accumulators(members))
+    acc = placement.members(zero_accumulators(members))
     for idx, valid in eval_batches(len(x), batch_size):
         mask = (np.arange(len(idx)) < valid).astype(np.float32)
         acc = eval_step(params, acc, dt, placement.shared(x[idx]), placement.shared(y[idx]),
@@ -267,7 +267,7 @@ class Run:
         self.opt_state = self.place.members(jax.vmap(self.tx.init)(self.params))
         self.dt = self.place.members(_stack([tuple(map(jnp.asarray, dt)) for dt, _ in draws]))
         self.keys = self.place.members(jnp.stack([seeding.key(s, "estimator") for s in seeds]))
-        self.acc = self.place.members(_zero_accumulators(k))
+        self.acc = self.place.members(zero_accumulators(k))
         self.train_step, self.eval_step = make_steps(self.net, cfg.ep, self.tx, cfg.stability.residual_tol)
         self.schedule = cfg.optimizer.schedule_fn(self.steps_per_epoch, cfg.train.epochs)
         self.probe = self._make_probe() if cfg.stability.gradcheck_every else None
@@ -450,7 +450,7 @@ class Run:
                      row["samples_per_s"] * len(self.members))
         self._mark_unhealthy(test, self.epoch + 1)
         self.epoch, self.batch = self.epoch + 1, 0
-        self.acc = self.place.members(_zero_accumulators(len(self.members)))
+        self.acc = self.place.members(zero_accumulators(len(self.members)))
         self.elapsed += epoch_time
         self.save()
         self.write("running")

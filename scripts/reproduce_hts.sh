@@ -22,6 +22,8 @@ sweep "$out/ernoult/hts" experiment=study_ernoult dt=uniform,normal,lognormal,ga
 # 3. Large steps: a mean dt × cv grid (lognormal), scalar dt at each mean as the paired baseline.
 sweep "$out/large_step/scalar" experiment=study_large_step dt=scalar dt.mean=0.6,0.8,1.0
 sweep "$out/large_step/hts" experiment=study_large_step dt=lognormal dt.mean=0.6,0.8,1.0 dt.cv=0.25,0.5
+# The pilot's point (mean 0.8, cv 0.5) with the other distributions too.
+sweep "$out/large_step/others" experiment=study_large_step dt=gamma,uniform dt.mean=0.8 dt.cv=0.5
 
 hets-ep report "$out/default" --out "$out/default/report" --baseline dt.dist=scalar,dt.mean=0.5
 hets-ep report "$out/ernoult" --out "$out/ernoult/report"

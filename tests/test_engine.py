@@ -130,13 +130,13 @@ def test_input_drive_is_computed_outside_the_scan(batch):
 def test_train_step_compiles_once_per_shape(mnist):
     import optax
 
-    from hets_ep.train import _zero_accumulators, make_steps
+    from hets_ep.train import zero_accumulators, make_steps
 
     net, params, dt = _setup(mnist.input_shape, hidden=(32,))
     tx = optax.sgd(0.1)
     train_step, _ = make_steps(net, ep.Phases(T1=5, T2=2), tx, 1e-3)
     one = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731  (a member axis of 1)
-    params, opt_state, acc, dt = one(params), one(tx.init(params)), _zero_accumulators(1), one(dt)
+    params, opt_state, acc, dt = one(params), one(tx.init(params)), zero_accumulators(1), one(dt)
     keys = jax.random.key(0)[None]
     for i in range(3):
         sl = slice(16 * i, 16 * (i + 1))

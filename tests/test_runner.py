@@ -183,3 +183,10 @@ def test_gradcheck_command(tmp_path):
     assert set(report["estimators"]) == {"one_sided", "random_sign", "symmetric"}
     assert min(v["cosine"] for v in report["estimators"]["symmetric"].values()) > 0.99
     assert "symmetric" in result.stdout
+
+
+def test_gradient_cosine_probe_each_epoch(tmp_path):
+    hets_ep("train", *TINY, "model.activation=steep_sigmoid", "stability.gradcheck_every=1", "ep.T1=60", "ep.T2=30",
+            "ep.beta=0.05", f"hydra.run.dir={tmp_path}", check=True)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.9 < r["gradcheck_min_cosine"] <= r["gradcheck_mean_cosine"] <= 1.0 + 1e-9 for r in rows), rows
