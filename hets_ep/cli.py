@@ -128,12 +128,9 @@ def check_output_dir(args: list[str]) -> None:
 
 
 def _override_keys() -> list[str]:
-    keys = []
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if not key.startswith("hydra") and key not in _RESUMABLE_CHANGES:
-            keys.append(key)
-    return keys
+    """The config keys this command line sets explicitly."""
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return [k for k in keys if not k.startswith("hydra")]
 
 
 def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -142,12 +139,14 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
     if not saved_path.is_file():
         raise ConfigError(f"resume={run_dir}: not a run directory (no .hydra/config.yaml)")
     saved = OmegaConf.load(saved_path)
-    differing = [k for k in _override_keys() if OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
+    explicit = _override_keys()
+    differing = [k for k in explicit if k not in _RESUMABLE_CHANGES
+                 and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
     if differing:
         raise ConfigError(f"resume={run_dir} continues that run with its saved config, but this command "
                           f"changes {', '.join(differing)}; drop those overrides or start a new run")
     saved.resume = True
-    for key in ("train.epochs", "train.progress", "train.check_every"):
+    for key in set(explicit) & set(_RESUMABLE_CHANGES) - {"resume"}:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
     return saved
 

@@ -347,6 +347,61 @@ def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[s
     return written
 
 
+def grid(out: Path, conditions: list[Condition], pairs: list[dict], row: str, col: str) -> str:
+    """A ``row × col`` map of the paired final-accuracy difference (heatmap + markdown table).
+
+    Each cell must hold one condition; baseline conditions show as 0 (they are the reference).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_label = {p["condition"]: p for p in pairs}
+    cells: dict[tuple[str, str], Optional[dict]] = {}
+    for cond in conditions:
+        key = (_fmt(cond.values.get(row)), _fmt(cond.values.get(col)))
+        if key in cells:
+            raise HetsEpError(f"--grid {row},{col}: several conditions share the cell {key}; report fewer runs")
+        cells[key] = by_label.get(cond.label)
+    number = lambda s: float(s) if s.replace(".", "", 1).isdigit() else s  # noqa: E731
+    rows = sorted({r for r, _ in cells}, key=number)
+    cols = sorted({c for _, c in cells}, key=number)
+    values = np.full((len(rows), len(cols)), np.nan)
+    lines = [f"Paired final-accuracy difference vs baseline (points, mean ± std; seeds improved / pairs), "
+             f"{row} × {col}:", "", "| " + row + " \\ " + col + " | " + " | ".join(cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for i, r in enumerate(rows):
+        texts = []
+        for j, c in enumerate(cols):
+            if (r, c) not in cells:
+                texts.append("")
+            elif cells[(r, c)] is None:
+                values[i, j] = 0.0
+                texts.append("baseline")
+            else:
+                p = cells[(r, c)]
+                values[i, j] = 100 * p["final_diff"][0]
+                texts.append(f"{_pct(p['final_diff'])} ({p['improved']}/{p['pairs']})")
+        lines.append(f"| {r} | " + " | ".join(texts) + " |")
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2, 1.0 * len(rows) + 1.5))
+    bound = np.nanmax(np.abs(values)) or 1.0
+    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:+.2f}", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(xlabel=col, ylabel=row, title="final accuracy − baseline (points)")
+    fig.colorbar(image)
+    fig.tight_layout()
+    with io.atomic_path(out / "grid.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return "\n".join(lines) + "\n"
+
+
 def _selector(text: str) -> dict[str, str]:
     out = {}
     for part in filter(None, text.split(",")):
@@ -358,7 +413,7 @@ def _selector(text: str) -> dict[str, str]:
 
 
 def build_report(paths: Sequence[str], out: Path, baseline: str = "dt.dist=scalar", match: Sequence[str] = (),
-                 target: float = 0.9) -> str:
+                 target: float = 0.9, grid_keys: Optional[Sequence[str]] = None) -> str:
     """Write the report into ``out``; returns the markdown table."""
     runs = find_runs(paths)
     conditions = group(runs)
@@ -367,6 +422,9 @@ def build_report(paths: Sequence[str], out: Path, baseline: str = "dt.dist=scala
     table = markdown(rows, pairs, target)
     out.mkdir(parents=True, exist_ok=True)
     names = figures(out, conditions, pairs)
+    if grid_keys:
+        table += "\n" + grid(out, conditions, pairs, *grid_keys)
+        names.append("grid.png")
     body = [f"# hets-ep report\n\n{len(runs)} runs in {len(conditions)} conditions from "
             f"{', '.join(map(str, paths))}. Accuracies in percent, mean ± std over seeds; collapse rate over "
             f"runs that learned; residual = free-phase ‖s_T − s_T−1‖/‖s_T‖ on the test set.\n", table]
@@ -384,8 +442,13 @@ def main(argv: Sequence[str]) -> None:
                         help="the baseline condition(s) for paired differences, KEY=VALUE[,…] (default dt.dist=scalar)")
     parser.add_argument("--match", default="", help="keys a condition shares with its baseline, e.g. dt.mean")
     parser.add_argument("--target", type=float, default=0.9, help="accuracy for 'epochs to target' (default 0.9)")
+    parser.add_argument("--grid", help="ROW,COL: also map the paired difference over two keys, e.g. dt.mean,dt.cv")
     args = parser.parse_args(argv)
+    grid_keys = args.grid.split(",") if args.grid else None
+    if grid_keys is not None and len(grid_keys) != 2:
+        raise HetsEpError(f"--grid takes two keys ROW,COL, got {args.grid!r}")
     out = args.out or Path(args.paths[0]) / "report"
-    table = build_report(args.paths, out, args.baseline, [k for k in args.match.split(",") if k], args.target)
+    table = build_report(args.paths, out, args.baseline, [k for k in args.match.split(",") if k], args.target,
+                         grid_keys)
     print(table)
     print(f"report written to {out / 'report.md'}")

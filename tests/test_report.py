@@ -57,3 +57,13 @@ def test_report_on_an_empty_or_foreign_directory(tmp_path):
     assert result.returncode == 2 and "no runs found under" in result.stderr
     missing = hets_ep("report", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def test_report_grid(sweep, tmp_path):
+    out = tmp_path / "report"
+    result = hets_ep("report", str(sweep / "main"), "--out", str(out), "--grid", "dt.dist,dt.cv", check=True)
+    assert "| dt.dist \\ dt.cv | 0 | 0.5 |" in result.stdout
+    assert "| scalar | baseline |  |" in result.stdout and "(" in result.stdout.split("| lognormal |")[1]
+    assert (out / "grid.png").stat().st_size > 0
+    crowded = hets_ep("report", str(sweep / "main"), "--out", str(out), "--grid", "model.loss,train.epochs")
+    assert crowded.returncode == 2 and "several conditions share the cell" in crowded.stderr
