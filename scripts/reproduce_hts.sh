@@ -27,4 +27,6 @@ sweep "$out/large_step/others" experiment=study_large_step dt=gamma,uniform dt.m
 
 hets-ep report "$out/default" --out "$out/default/report" --baseline dt.dist=scalar,dt.mean=0.5
 hets-ep report "$out/ernoult" --out "$out/ernoult/report"
-hets-ep report "$out/large_step" --out "$out/large_step/report" --match dt.mean
+hets-ep report "$out/large_step/scalar" "$out/large_step/hts" --out "$out/large_step/report" --match dt.mean \
+  --grid dt.mean,dt.cv
+hets-ep report "$out/large_step" --out "$out/large_step/report_all_distributions" --match dt.mean

@@ -194,3 +194,14 @@ def test_bad_phases_are_rejected():
         with pytest.raises(ConfigError):
             ep.Phases(**bad)
     ep.Phases("bptt", beta=0.0)  # BPTT does not nudge
+
+
+def test_ep_memory_does_not_grow_with_phase_length_but_bptt_does():
+    """Compiled-program memory (XLA's own accounting, not a timing): EP keeps no trajectory."""
+    from hets_ep.bench import WORKLOADS, _ours
+
+    spec = WORKLOADS["mlp 784-512-10 b128"]
+    memory = {(est, t1): _ours(spec, phases=ep.Phases(est, beta=0.1, T1=t1, T2=10))[2]
+              for est in ("one_sided", "bptt") for t1 in (30, 300)}
+    assert memory[("one_sided", 30)] == memory[("one_sided", 300)]
+    assert memory[("bptt", 300)] > 5 * memory[("bptt", 30)] > 5 * memory[("one_sided", 30)]
