@@ -16,7 +16,6 @@ program against 8 sequential steps, and the compiled memory of EP and BPTT as T1
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -128,11 +128,6 @@ def _mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optio
     return float(np.mean(kept)), float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0, len(kept)
 
 
-def _pm(values, scale: float = 100.0, digits: int = 2) -> str:
-    mean, std, n = _mean_std(values)
-    return "–" if mean is None else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
 def condition_row(cond: Condition, target: float) -> dict:
     """The table row of one condition (accuracies as fractions)."""
     runs = cond.runs

@@ -491,7 +491,8 @@ def run_lock(run_dir: Path):
                 continue
             except PermissionError:
                 pass
-            raise HetsEpError(f"{run_dir} is in use by process {pid}; wait for it or choose another hydra.run.dir")
+            raise HetsEpError(
+                f"{run_dir} is in use by process {pid}; wait for it or choose another hydra.run.dir") from None
     else:
         raise HetsEpError(f"{run_dir}: cannot take the run lock {lock}")
     try:

@@ -16,10 +16,10 @@ from hets_ep.models.activations import steep_sigmoid
 from hets_ep.timeconstants import DtSpec, sample_dt
 
 
-def _setup(input_shape, arch="mlp", dt_spec=DtSpec("scalar", 1.0), seed=0, **model):
+def _setup(input_shape, arch="mlp", dt_spec=None, seed=0, **model):
     net = build_network(arch, 10, **model)
     params = net.init(jax.random.key(seed), input_shape)
-    dt, _ = sample_dt(seed, dt_spec, net.state_shapes(input_shape))
+    dt, _ = sample_dt(seed, dt_spec or DtSpec("scalar", 1.0), net.state_shapes(input_shape))
     return net, params, tuple(map(jnp.asarray, dt))
 
 

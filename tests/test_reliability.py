@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -104,7 +103,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     straight, run_dir = tmp_path / "straight", tmp_path / "killed"
     hets_ep("train", *args, f"hydra.run.dir={straight}", check=True)
     rng, kills = random.Random(0), 0
-    for attempt in range(40):
+    for _ in range(40):
         proc = subprocess.Popen([sys.executable, "-m", "hets_ep.cli", "train", *args, "resume=true",
                                  f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)

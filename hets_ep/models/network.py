@@ -53,9 +53,6 @@ class Network:
         out, _ = jax.eval_shape(self.module.init_with_output, jax.random.key(0), x)
         return tuple(o.shape[1:] for o in out)
 
-    def zero_state(self, batch: int, input_shape: Sequence[int]) -> State:
-        return tuple(jnp.zeros((batch, *shape), jnp.float32) for shape in self.state_shapes(input_shape))
-
     def rate(self, s):
         """The value neurons send to each other: ``s`` (leaky) or ``ρ(s)`` (energy)."""
         return s if self.dynamics == "leaky" else jax.tree.map(self.act.fn, s)
