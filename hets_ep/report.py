@@ -342,10 +342,12 @@ def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[s
     return written
 
 
-def grid(out: Path, conditions: list[Condition], pairs: list[dict], row: str, col: str) -> str:
-    """A ``row × col`` map of the paired final-accuracy difference (heatmap + markdown table).
+def grid(out: Path, conditions: list[Condition], pairs: list[dict], row: str, col: str,
+         baseline: dict[str, str]) -> str:
+    """Maps of the paired final-accuracy difference over ``row × col`` (heatmaps + markdown).
 
-    Each cell must hold one condition; baseline conditions show as 0 (they are the reference).
+    Conditions that differ in other keys too (say ``dt.dist``) get one map each; the baseline
+    conditions fill the cells no other condition takes, shown as 0 (they are the reference).
     """
     import matplotlib
 
@@ -353,43 +355,50 @@ def grid(out: Path, conditions: list[Condition], pairs: list[dict], row: str, co
     import matplotlib.pyplot as plt
 
     by_label = {p["condition"]: p for p in pairs}
-    cells: dict[tuple[str, str], Optional[dict]] = {}
+    bases = [c for c in conditions if _matches(c.values, baseline)]
+    groups: dict[str, list[Condition]] = defaultdict(list)
     for cond in conditions:
-        key = (_fmt(cond.values.get(row)), _fmt(cond.values.get(col)))
-        if key in cells:
-            raise HetsEpError(f"--grid {row},{col}: several conditions share the cell {key}; report fewer runs")
-        cells[key] = by_label.get(cond.label)
+        if cond not in bases:
+            rest = " ".join(f"{k}={_fmt(v)}" for k, v in cond.values.items() if k not in (row, col))
+            groups[rest].append(cond)
     number = lambda s: float(s) if s.replace(".", "", 1).isdigit() else s  # noqa: E731
-    rows = sorted({r for r, _ in cells}, key=number)
-    cols = sorted({c for _, c in cells}, key=number)
-    values = np.full((len(rows), len(cols)), np.nan)
     lines = [f"Paired final-accuracy difference vs baseline (points, mean ± std; seeds improved / pairs), "
-             f"{row} × {col}:", "", "| " + row + " \\ " + col + " | " + " | ".join(cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for i, r in enumerate(rows):
-        texts = []
-        for j, c in enumerate(cols):
-            if (r, c) not in cells:
-                texts.append("")
-            elif cells[(r, c)] is None:
-                values[i, j] = 0.0
-                texts.append("baseline")
-            else:
-                p = cells[(r, c)]
-                values[i, j] = 100 * p["final_diff"][0]
-                texts.append(f"{_pct(p['final_diff'])} ({p['improved']}/{p['pairs']})")
-        lines.append(f"| {r} | " + " | ".join(texts) + " |")
-    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2, 1.0 * len(rows) + 1.5))
-    bound = np.nanmax(np.abs(values)) or 1.0
-    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:+.2f}", ha="center", va="center", fontsize=9)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set(xlabel=col, ylabel=row, title="final accuracy − baseline (points)")
-    fig.colorbar(image)
+             f"{row} × {col}:", ""]
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.6), squeeze=False)
+    for ax, (name, members) in zip(axes[0], sorted(groups.items())):
+        cells: dict[tuple[str, str], Optional[dict]] = {}
+        for cond in members + bases:
+            cells.setdefault((_fmt(cond.values.get(row)), _fmt(cond.values.get(col))), by_label.get(cond.label)
+                             if cond in members else None)
+        rows = sorted({r for r, _ in cells}, key=number)
+        cols = sorted({c for _, c in cells}, key=number)
+        values = np.full((len(rows), len(cols)), np.nan)
+        lines += [f"**{name}**" if name else "", "", "| " + row + " \\ " + col + " | " + " | ".join(cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for i, r in enumerate(rows):
+            texts = []
+            for j, c in enumerate(cols):
+                if (r, c) not in cells:
+                    texts.append("")
+                elif cells[(r, c)] is None:
+                    values[i, j] = 0.0
+                    texts.append("baseline")
+                else:
+                    p = cells[(r, c)]
+                    values[i, j] = 100 * p["final_diff"][0]
+                    texts.append(f"{_pct(p['final_diff'])} ({p['improved']}/{p['pairs']})")
+            lines.append(f"| {r} | " + " | ".join(texts) + " |")
+        lines.append("")
+        bound = np.nanmax(np.abs(values)) or 1.0
+        ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:+.1f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set(xlabel=col, ylabel=row, title=name or "final accuracy − baseline")
+    fig.suptitle("final accuracy − baseline (points)")
     fig.tight_layout()
     with io.atomic_path(out / "grid.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -418,7 +427,7 @@ def build_report(paths: Sequence[str], out: Path, baseline: str = "dt.dist=scala
     out.mkdir(parents=True, exist_ok=True)
     names = figures(out, conditions, pairs)
     if grid_keys:
-        table += "\n" + grid(out, conditions, pairs, *grid_keys)
+        table += "\n" + grid(out, conditions, pairs, *grid_keys, _selector(baseline))
         names.append("grid.png")
     body = [f"# hets-ep report\n\n{len(runs)} runs in {len(conditions)} conditions from "
             f"{', '.join(map(str, paths))}. Accuracies in percent, mean ± std over seeds; collapse rate over "
