@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HTS-vs-scalar study (README, "Results"): three regimes, 8 paired seeds each, then reports.
-#   bash scripts/reproduce_hts.sh [OUT]      (default OUT=outputs/study; about 80 minutes on 2 CPU cores)
+#   bash scripts/reproduce_hts.sh [OUT]      (default OUT=outputs/study; about 70 minutes on 2 CPU cores)
 # Extra Hydra arguments can be given in HETS_EP_ARGS, e.g. HETS_EP_ARGS="hydra/launcher=joblib".
 set -euo pipefail
 out=${1:-outputs/study}
