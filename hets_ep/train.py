@@ -251,8 +251,9 @@ class Run:
                                           cfg.dataset.subset, cfg.dataset.normalize)
         self.steps_per_epoch = len(self.data.x_train) // cfg.train.batch_size
         if self.steps_per_epoch == 0:
+            subset = f" (dataset.subset={cfg.dataset.subset})" if cfg.dataset.subset else ""
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.data.x_train)} "
-                              "training examples")
+                              f"training examples{subset}")
         k = cfg.train.parallel_seeds
         seeds = [cfg.seed + i for i in range(k)]
         dirs = [self.dir] if k == 1 else [self.dir / f"seed_{s}" for s in seeds]
