@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hets_ep import ep, io
+from hets_ep import atomic, ep, steps
+from hets_ep.config import DtConfig, EPConfig
 from hets_ep.dynamics import step as dynamics_step
 from hets_ep.models import Network, build_network
-from hets_ep.timeconstants import DtSpec, sample_dt
-from hets_ep.train import zero_accumulators, make_steps, versions
+from hets_ep.runtime import versions
+from hets_ep.timeconstants import sample_dt
 
-PHASES = ep.Phases("one_sided", beta=0.1, T1=30, T2=10)
+PHASES = EPConfig("one_sided", beta=0.1, T1=30, T2=10)
 WORKLOADS = {
     "mlp 784-512-10 b128": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=128),
     "mlp 784-512-10 b1024": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=1024),
@@ -59,27 +60,10 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / _timeit(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
 
 
-def layer_flops(net: Network, input_shape) -> list[float]:
-    """Matmul FLOPs of applying each layer once (forward) to one sample."""
-    out_shapes = [tuple(input_shape), *net.state_shapes(input_shape)]
-    module, flops = net.module, []
-    if hasattr(module, "channels"):
-        k2 = module.kernel**2
-        for c_in, pooled in zip([input_shape[-1], *module.channels[:-1]], out_shapes[1:len(module.channels) + 1]):
-            h, w, c_out = pooled
-            flops.append(2.0 * (2 * h) * (2 * w) * c_out * k2 * c_in)  # conv before 2×2 pooling
-        last = int(np.prod(out_shapes[len(module.channels)]))
-        flops.append(2.0 * last * module.n_out)
-    else:
-        sizes = [int(np.prod(input_shape)), *module.hidden, module.n_out]
-        flops = [2.0 * a * b for a, b in zip(sizes[:-1], sizes[1:])]
-    return flops
-
-
-def flops_per_sample(net: Network, input_shape, phases: ep.Phases) -> float:
+def flops_per_sample(net: Network, input_shape, phases: EPConfig) -> float:
     """Drive and first-layer gradient once each; every other layer forward and transposed at
     each step, plus its weight gradient at the two states EP compares."""
-    f = layer_flops(net, input_shape)
+    f = net.module.flops(input_shape)
     steps = phases.T1 + (2 if phases.estimator == "symmetric" else 1) * phases.T2
     return 2 * f[0] + (2 * steps + 2) * sum(f[1:])
 
@@ -88,36 +72,39 @@ def _setup(spec: dict, members: int = 1):
     net = build_network(spec["arch"], 10, hidden=spec.get("hidden", (512,)), channels=spec.get("channels", (32, 64)))
     shapes = net.state_shapes(spec["input_shape"])
     params = [net.init(jax.random.key(s), spec["input_shape"]) for s in range(members)]
-    dts = [tuple(map(jnp.asarray, sample_dt(s, DtSpec("lognormal", 0.5, cv=0.5), shapes)[0])) for s in range(members)]
-    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+    dts = [tuple(map(jnp.asarray, sample_dt(s, DtConfig("lognormal", 0.5, cv=0.5), shapes)[0]))
+           for s in range(members)]
     rng = np.random.default_rng(0)
     x = rng.random((members, spec["batch"], *spec["input_shape"]), dtype=np.float32)
     y = rng.integers(0, 10, (members, spec["batch"])).astype(np.int32)
-    return net, stack(params), stack(dts), jnp.asarray(x), jnp.asarray(y)
+    return net, steps.stack(params), steps.stack(dts), jnp.asarray(x), jnp.asarray(y)
 
 
-def _ours(spec: dict, members: int = 1, phases: ep.Phases = PHASES):
+def _ours(spec: dict, members: int = 1, phases: EPConfig = PHASES):
     """``(step, compile_s, memory_bytes)``: the runner's jitted training step, compiled."""
     net, params, dt, x, y = _setup(spec, members)
     tx = optax.sgd(0.01)
-    train_step, _ = make_steps(net, phases, tx, 1e-3)
-    keys = jnp.stack([jax.random.key(s) for s in range(members)])
-    args = (params, jax.vmap(tx.init)(params), zero_accumulators(members), dt, x, y, keys, 0)
+    train_step = steps.make_train_step(net, phases, tx, 1e-3)
+    state = steps.TrainState(params, jax.vmap(tx.init)(params), steps.zero_sums(members), dt,
+                             jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(members)]),
+                             jnp.zeros((members,), jnp.int32))
+    batch = steps.Batch(x, y)
     start = time.perf_counter()
-    compiled = train_step.lower(*args).compile()
+    compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     nbytes = sum(getattr(memory, f, 0) for f in ("temp_size_in_bytes", "argument_size_in_bytes",
                                                  "output_size_in_bytes")) if memory is not None else None
 
     def run():
-        out = compiled(*args)
-        jax.block_until_ready(out)
+        nonlocal state
+        state = compiled(state, batch)
+        jax.block_until_ready(state)
 
     return run, compile_s, nbytes
 
 
-def _naive(spec: dict, phases: ep.Phases = PHASES):
+def _naive(spec: dict, phases: EPConfig = PHASES):
     """The baseline: one jitted step per Python iteration, the drive recomputed inside."""
     net, params, dt, x, y = _setup(spec)
     params, dt, x, y = (jax.tree.map(lambda a: a[0], t) for t in (params, dt, x, y))
@@ -189,7 +176,7 @@ def bench(repeats: int = 5, batches: int = 10, naive_repeats: int = 3, quick: bo
     results["memory_vs_T1"] = {}
     for estimator in ("one_sided", "bptt"):
         for t1 in (30, 300) if quick else (30, 100, 300):
-            _, _, nbytes = _ours(spec, phases=ep.Phases(estimator, beta=0.1, T1=t1, T2=10))
+            _, _, nbytes = _ours(spec, phases=EPConfig(estimator, beta=0.1, T1=t1, T2=10))
             results["memory_vs_T1"][f"{estimator} T1={t1}"] = nbytes
     print("compiled step memory:", ", ".join(f"{k}: {v / 2**20:.1f} MiB" for k, v in results["memory_vs_T1"].items()
                                              if v is not None))
@@ -221,7 +208,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="only the first workload (a smoke test)")
     args = parser.parse_args(argv)
     results = bench(repeats=args.repeats, quick=args.quick)
-    io.write_json(args.out, results)
+    atomic.write_json(args.out, results)
     print()
     print(markdown(results))
     print(f"figures written to {args.out}")

@@ -1,4 +1,4 @@
-"""Checkpoints with orbax: arrays (weights, optimizer state, accumulators) plus JSON metadata.
+"""Checkpoints with orbax: the train state pytree plus JSON metadata (position, history).
 
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed
 mid-write leaves the previous checkpoints intact (leftover temporary folders are cleaned up
@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from hets_ep.errors import HetsEpError
+from hets_ep.record import RECORD_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Checkpoints:
         if step in self.manager.all_steps():
             return
         self.manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree),
-                                                       meta=ocp.args.JsonSave(meta)))
+                                                       meta=ocp.args.JsonSave({**meta, "version": RECORD_VERSION})))
         self.manager.wait_until_finished()
 
     def _set_aside(self, step: int) -> Path:
@@ -57,6 +58,7 @@ class Checkpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
+            self._check_version(step)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -69,6 +71,18 @@ class Checkpoints:
             raise HetsEpError(f"{self.directory}: none of the checkpoints (steps {steps}) can be read (moved to "
                               f"{self.directory.name}.corrupt/); move them back or away to decide how to continue")
         return None
+
+    def _check_version(self, step: int) -> None:
+        """Refuse (without moving anything) a readable checkpoint of another layout version."""
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:  # unreadable: restore_latest sets it aside
+            return
+        version = meta.get("version", 1)
+        if version != RECORD_VERSION:
+            raise HetsEpError(f"{self.directory / str(step)}: a checkpoint of run-record version {version}; this "
+                              f"hets-ep resumes version {RECORD_VERSION} only: continue the run with the hets-ep "
+                              "that started it, or start a new run")
 
     def close(self) -> None:
         self.manager.close()

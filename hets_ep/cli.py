@@ -14,7 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep.config import Config, compose, register_schema, validate
+from hets_ep import __version__, atomic, record
+from hets_ep.config import CONFIG_GROUPS, Config, compose, config_keys, did_you_mean, register_schema, validate
 from hets_ep.errors import ConfigError, HetsEpError
 
 log = logging.getLogger("hets_ep")
@@ -81,12 +82,25 @@ def precheck(args: list[str]) -> None:
             try:
                 compose(variant)
             except Exception as err:
-                message = _one_line(err)
-                culprit = next((o for o in variant if _refused(o)), None)
-                key = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
-                fail(f"{culprit}: {message}" if key and key not in message else message)
+                fail(_explain(err, variant))
     except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
         fail(_one_line(err))
+
+
+def _explain(err: Exception, variant: list[str]) -> str:
+    """One line for a refused configuration: an unknown key (with a near miss), else the error
+    prefixed with the override that caused it."""
+    known = set(config_keys())
+    for override in variant:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "/" not in key and "." in key and key not in known and key.split(".")[0] in CONFIG_GROUPS:
+            return f"{key}: unknown key{did_you_mean(key)}"
+        if "." not in key and key not in known and key not in CONFIG_GROUPS:
+            return f"{key}: unknown key{did_you_mean(key)}"
+    message = _one_line(err)
+    culprit = next((o for o in variant if _refused(o)), None)
+    key = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
+    return f"{culprit}: {message}" if key and key not in message else message
 
 
 def _refused(override: str) -> bool:
@@ -122,7 +136,7 @@ def check_output_dir(args: list[str]) -> None:
         fail(f"only {free / 2**20:.0f} MiB free under {existing}; a run needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB")
     if explicit and resume.lower() == "false" and target.is_dir():
         runs = [target] if not multirun else sorted(d for d in target.iterdir() if d.is_dir())
-        used = [d for d in runs if (d / "checkpoints").exists() or (d / "summary.json").exists()]
+        used = [d for d in runs if record.holds_run(d)]
         if used:
             fail(f"{used[0]} already holds a run; pass resume=true to continue it, or choose another directory")
 
@@ -135,7 +149,7 @@ def _override_keys() -> list[str]:
 
 def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
     """The saved config of ``run_dir``, checked against this command's overrides."""
-    saved_path = run_dir / ".hydra" / "config.yaml"
+    saved_path = run_dir / record.CONFIG
     if not saved_path.is_file():
         raise ConfigError(f"resume={run_dir}: not a run directory (no .hydra/config.yaml)")
     saved = OmegaConf.load(saved_path)
@@ -165,7 +179,7 @@ def _guarded(task):
     """Report a user-fixable problem as one line and a non-zero exit, not a traceback."""
 
     def wrapper(cfg: DictConfig) -> None:
-        from hets_ep.train import RunInterrupted
+        from hets_ep.runtime import RunInterrupted
 
         for noisy in ("jax", "absl"):  # backend probing and orbax's save log are noise to users
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -184,12 +198,12 @@ def _guarded(task):
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @_guarded
 def train_app(cfg: DictConfig) -> None:
-    from hets_ep.train import run
+    from hets_ep.train import train
 
     config, run_dir = configure(cfg)
-    for summary in run(config, run_dir):
-        log.info("seed %d %s: best test accuracy %s after %d epochs; outputs in %s", summary["seed"],
-                 summary["status"], summary["best_test_acc"], summary["epochs_completed"], run_dir)
+    for summary in train(config, run_dir):
+        log.info("seed %d %s: best test accuracy %s after %d epochs; outputs in %s", summary.seed,
+                 summary.status, summary.best_test_acc, summary.epochs_completed, run_dir)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -199,10 +213,8 @@ def gradcheck_app(cfg: DictConfig) -> None:
 
     config, run_dir = configure(cfg)
     report = gradcheck(config)
-    from hets_ep import io
-
-    io.write_json(run_dir / "gradcheck.json", report)
-    print(f"gradcheck written to {run_dir / 'gradcheck.json'}")
+    atomic.write_json(run_dir / record.GRADCHECK, report)
+    print(f"gradcheck written to {run_dir / record.GRADCHECK}")
 
 
 def main(argv: list[str] | None = None) -> None:

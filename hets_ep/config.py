@@ -1,67 +1,96 @@
-"""The structured-config schema: every key a run accepts, its type and its valid values.
+"""The structured-config schema: every key a run accepts, its type, default and valid values.
 
-Hydra composes ``conf/`` and the command line; :func:`validate` then merges the result into
-this schema before any work is done, so an unknown key, a value of the wrong type or an
-impossible value stops the run with one line naming the key.
+**One source of defaults: this module.** Every default lives in the dataclasses below; the
+YAML files under ``conf/`` hold only what an option *changes* (``conf/dt/lognormal.yaml`` sets
+``dist`` and ``cv``, nothing else), and ``conf/train.yaml`` holds the defaults list and Hydra's
+own settings. So ``Config()`` from Python and ``hets-ep train`` with no overrides are the same
+program (``tests/test_config.py`` composes every option of every group and checks it).
+
+Hydra composes ``conf/`` and the command line; :func:`validate` merges the result into this
+schema before any work is done. **One validation style**: every check sits in the
+``__post_init__`` of the dataclass that owns the key, written with :func:`_choice` or
+:func:`_check`, and raises :class:`ConfigError` with one line that starts with the key. The
+allowed values are the constants of the modules that implement them (``ESTIMATORS``,
+``DISTRIBUTIONS``, …), imported here and by the tests, never copied.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import field
+from importlib import resources
 from typing import Any, List, Optional, Sequence
 
-import jax
-import optax
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hets_ep.data.batching import NORMALIZATIONS
 from hets_ep.data.registry import NAMES as DATASETS
-from hets_ep.ep import EP_ESTIMATORS, Phases
+from hets_ep.dynamics import DIAGNOSTIC_WINDOW
+from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS
 from hets_ep.errors import ConfigError
 from hets_ep.models import ACTIVATIONS, Network, build_network
-from hets_ep.models.network import DYNAMICS, LOSSES
-from hets_ep.timeconstants import DtSpec
-
+from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS
+from hets_ep.optim import OPTIMIZERS, SCHEDULES
+from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, SAMPLE_MODES
 
 # Beyond these a run would not fit in memory or time: almost surely a typo.
-_MAX_COUNT = 10**6
-_MAX_WIDTH = 2**16
+MAX_COUNT = 10**6
+MAX_WIDTH = 2**16
 
 
-def _choice(key: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: unknown {value!r}; choose one of {', '.join(map(str, choices))}")
+def _check(ok: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError("KEY: MESSAGE")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
 
 
-def _positive(key: str, value, strict: bool = True) -> None:
-    if not math.isfinite(value) or (value <= 0 if strict else value < 0):
-        raise ConfigError(f"{key} must be a finite number {'>' if strict else '>='} 0, got {value}")
+def _choice(key: str, value: Any, choices: Sequence) -> None:
+    _check(value in choices, key, f"unknown {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def _number(key: str, value: float, *, low: float = -math.inf, high: float = math.inf, strict_low: bool = False,
+            strict_high: bool = False) -> None:
+    """A finite number in ``[low, high]`` (``(low, …`` / ``…, high)`` when strict)."""
+    above = value > low if strict_low else value >= low
+    below = value < high if strict_high else value <= high
+    bounds = f"{'(' if strict_low else '['}{low:g}, {high:g}{')' if strict_high else ']'}"
+    _check(isinstance(value, (int, float)) and math.isfinite(value) and above and below, key,
+           f"must be a finite number in {bounds}, got {value}")
+
+
+def _count(key: str, value: int, low: int = 1, high: int = MAX_COUNT) -> None:
+    _check(low <= value <= high, key, f"must be in [{low}, {high}], got {value}")
 
 
 @dataclasses.dataclass
 class DatasetConfig:
+    """Which data, how much of it, and how it is split and scaled."""
+
     name: str = "mnist"
-    root: Optional[str] = None
-    path: Optional[str] = None
-    subset: Optional[int] = None
+    root: Optional[str] = None        # a folder with the dataset's files, read instead of the cache
+    path: Optional[str] = None        # dataset=npz: FILE.npz with x_train, y_train, x_test, y_test
+    subset: Optional[int] = None      # first N training examples (quick runs)
     normalize: str = "unit"
     augment: bool = False
 
     def __post_init__(self):
         _choice("dataset.name", self.name, DATASETS)
         _choice("dataset.normalize", self.normalize, NORMALIZATIONS)
-        if self.name == "npz" and not self.path:
-            raise ConfigError("dataset=npz needs dataset.path=FILE.npz")
-        if self.subset is not None and self.subset < 1:
-            raise ConfigError(f"dataset.subset must be >= 1 (or null for all), got {self.subset}")
+        _check(self.name != "npz" or bool(self.path), "dataset.path", "dataset=npz needs dataset.path=FILE.npz")
+        _check(self.name == "npz" or not self.path, "dataset.path",
+               f"is read only with dataset=npz (this run uses dataset={self.name}); add dataset=npz")
+        _check(self.subset is None or self.subset >= 1, "dataset.subset",
+               f"must be >= 1 (or null for all), got {self.subset}")
 
 
 @dataclasses.dataclass
 class ModelConfig:
+    """The network: architecture, activation, loss and dynamics (see :mod:`hets_ep.models`)."""
+
     arch: str = "mlp"
     hidden: List[int] = field(default_factory=lambda: [512])
     channels: List[int] = field(default_factory=lambda: [32, 64])
@@ -69,21 +98,20 @@ class ModelConfig:
     padding: int = 0
     pool: str = "max"
     activation: str = "hard_sigmoid"
-    loss: str = "mse"
-    dynamics: str = "leaky"
+    loss: str = "mse"          # mse on the output layer, or ce through a softmax read-out
+    dynamics: str = "leaky"    # leaky: s += dt (σ(∂Φ/∂s) − s); energy: s -= dt ∂E/∂s
 
     def __post_init__(self):
-        _choice("model.arch", self.arch, ("mlp", "convnet"))
+        _choice("model.arch", self.arch, ARCHITECTURES)
         _choice("model.activation", self.activation, tuple(ACTIVATIONS))
         _choice("model.loss", self.loss, LOSSES)
         _choice("model.dynamics", self.dynamics, DYNAMICS)
-        _choice("model.pool", self.pool, ("max", "avg"))
-        layers = self.hidden if self.arch == "mlp" else self.channels
-        if not layers or min(layers) < 1 or max(layers) > _MAX_WIDTH:
-            key = "model.hidden" if self.arch == "mlp" else "model.channels"
-            raise ConfigError(f"{key} must list at least one layer size in [1, {_MAX_WIDTH}], got {list(layers)}")
-        if self.kernel < 1 or self.padding < 0:
-            raise ConfigError(f"model.kernel must be >= 1 and model.padding >= 0, got {self.kernel}, {self.padding}")
+        _choice("model.pool", self.pool, POOLS)
+        key, layers = ("model.hidden", self.hidden) if self.arch == "mlp" else ("model.channels", self.channels)
+        _check(bool(layers) and min(layers) >= 1 and max(layers) <= MAX_WIDTH, key,
+               f"must list at least one layer size in [1, {MAX_WIDTH}], got {list(layers)}")
+        _count("model.kernel", self.kernel, high=MAX_WIDTH)
+        _count("model.padding", self.padding, low=0, high=MAX_WIDTH)
 
     def build(self, n_out: int) -> Network:
         return build_network(self.arch, n_out, hidden=self.hidden, channels=self.channels, kernel=self.kernel,
@@ -92,101 +120,114 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class DtConfig:
+    """Per-neuron time steps (see :mod:`hets_ep.timeconstants`)."""
+
+    dist: str = "scalar"
+    mean: float = 0.5
+    cv: float = 0.0
+    dt_min: float = 0.01
+    dt_max: float = 1.0
+    sample: str = "dt"         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
+    match_mean: bool = True    # rescale until the realised mean equals `mean`
+    per: str = "unit"          # conv layers: one dt per unit, or per channel
+    base: str = "lognormal"    # layerwise: the family of the per-layer draws
+
+    def __post_init__(self):
+        _choice("dt.dist", self.dist, DISTRIBUTIONS)
+        _choice("dt.base", self.base, FAMILIES)
+        _choice("dt.sample", self.sample, SAMPLE_MODES)
+        _choice("dt.per", self.per, DT_PER)
+        _number("dt.dt_min", self.dt_min, low=0, strict_low=True)
+        _number("dt.dt_max", self.dt_max, low=self.dt_min)
+        _number("dt.mean", self.mean, low=self.dt_min, high=self.dt_max)
+        _number("dt.cv", self.cv, low=0)
+        _check(self.dist != "scalar" or self.cv == 0, "dt.cv",
+               f"scalar dt has cv 0, got {self.cv}; pick a distribution such as dt=lognormal")
+
+
+@dataclasses.dataclass
+class EPConfig:
+    """Static settings of one gradient estimate (see :mod:`hets_ep.ep`)."""
+
+    estimator: str = "symmetric"
+    beta: float = 0.5
+    T1: int = 30               # free-phase steps
+    T2: int = 10               # nudged-phase steps
+    window: int = DIAGNOSTIC_WINDOW  # last steps that the oscillation count covers
+    unroll: int = 1            # lax.scan unroll factor (speed only; results are unchanged)
+
+    def __post_init__(self):
+        _choice("ep.estimator", self.estimator, ESTIMATORS)
+        _count("ep.T1", self.T1)
+        _count("ep.T2", self.T2)
+        _count("ep.window", self.window)
+        _count("ep.unroll", self.unroll, high=1024)
+        if self.estimator != "bptt":  # BPTT does not nudge
+            _number("ep.beta", self.beta, low=0, strict_low=True)
+
+
+@dataclasses.dataclass
 class OptimizerConfig:
-    """``lr`` is one rate for all layers or one per layer (a layer's weights and bias share it)."""
+    """``lr`` is one rate for all layers or one per layer, input side first (a layer's weights
+    and bias share it)."""
 
     name: str = "sgd"
-    lr: List[float] = field(default_factory=lambda: [0.1])
-    momentum: float = 0.0
+    lr: Any = field(default_factory=lambda: [0.03])
+    momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: str = "cosine"   # constant | cosine | step (× step_gamma every step_every epochs)
     step_every: int = 10
     step_gamma: float = 0.1
 
     def __post_init__(self):
-        _choice("optimizer.name", self.name, ("sgd", "adam"))
-        _choice("optimizer.schedule", self.schedule, ("constant", "cosine", "step"))
-        if not self.lr:
-            raise ConfigError("optimizer.lr must list at least one learning rate")
-        for lr in self.lr:
-            _positive("optimizer.lr", lr)
-        _positive("optimizer.weight_decay", self.weight_decay, strict=False)
-        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
-        if self.step_every < 1:
-            raise ConfigError(f"optimizer.step_every must be >= 1 epoch, got {self.step_every}")
-        _positive("optimizer.step_gamma", self.step_gamma)
-
-    def schedule_fn(self, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-        """Multiplier of the base rates over training steps (1 at step 0)."""
-        if self.schedule == "cosine":
-            return optax.cosine_decay_schedule(1.0, max(1, epochs * steps_per_epoch))
-        if self.schedule == "step":
-            return optax.exponential_decay(1.0, self.step_every * steps_per_epoch, self.step_gamma, staircase=True)
-        return optax.constant_schedule(1.0)
-
-    def build(self, params, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
-        layers = layer_names(params)
-        if len(self.lr) not in (1, len(layers)):
-            raise ConfigError(f"optimizer.lr lists {len(self.lr)} rates; the model has {len(layers)} layers "
-                              f"({', '.join(layers)}): give 1 or {len(layers)}")
-        rates = self.lr * len(layers) if len(self.lr) == 1 else self.lr
-        schedule = self.schedule_fn(steps_per_epoch, epochs)
-
-        def per_layer(lr: float) -> optax.GradientTransformation:
-            rate = lambda step: lr * schedule(step)  # noqa: E731
-            if self.name == "adam":
-                return optax.adam(rate)
-            return optax.sgd(rate, momentum=self.momentum or None, nesterov=self.nesterov)
-
-        labels = {"params": {name: jax.tree.map(lambda _: name, params["params"][name]) for name in layers}}
-        return optax.chain(optax.add_decayed_weights(self.weight_decay),
-                           optax.multi_transform({n: per_layer(r) for n, r in zip(layers, rates)}, labels))
-
-
-def layer_names(params) -> list[str]:
-    """Top-level layer names of a parameter tree, input side first (``layers_0``, …, ``dense``)."""
-    def order(name: str):
-        stem, _, index = name.rpartition("_")
-        return (name == "dense", stem, int(index) if index.isdigit() else 0)
-
-    return sorted(params["params"], key=order)
+        _choice("optimizer.name", self.name, OPTIMIZERS)
+        _choice("optimizer.schedule", self.schedule, SCHEDULES)
+        rates = list(self.lr) if isinstance(self.lr, (list, tuple)) else [self.lr]
+        _check(bool(rates) and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates),
+               "optimizer.lr", f"must be a number or a list of numbers (one per layer), got {self.lr!r}")
+        for rate in rates:
+            _number("optimizer.lr", rate, low=0, strict_low=True)
+        self.lr = [float(r) for r in rates]
+        _number("optimizer.weight_decay", self.weight_decay, low=0)
+        _number("optimizer.momentum", self.momentum, low=0, high=1, strict_high=True)
+        _count("optimizer.step_every", self.step_every)
+        _number("optimizer.step_gamma", self.step_gamma, low=0, strict_low=True)
 
 
 @dataclasses.dataclass
 class TrainLoopConfig:
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 32
     eval_batch_size: int = 1000
-    explode_threshold: float = 1.0e3
-    check_every: int = 50
+    explode_threshold: float = 1.0e3  # |state| above this counts as divergence
+    check_every: int = 50             # batches between divergence checks
     progress: bool = True
-    parallel_seeds: int = 1
+    parallel_seeds: int = 1           # K seeds seed … seed+K−1 in one vmap-ed program
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "check_every", "parallel_seeds"):
-            if not 1 <= getattr(self, key) <= _MAX_COUNT:
-                raise ConfigError(f"train.{key} must be in [1, {_MAX_COUNT}], got {getattr(self, key)}")
-        _positive("train.explode_threshold", self.explode_threshold)
+            _count(f"train.{key}", getattr(self, key))
+        _number("train.explode_threshold", self.explode_threshold, low=0, strict_low=True)
 
 
 @dataclasses.dataclass
 class StabilityConfig:
     """Thresholds of the stability statistics (see :mod:`hets_ep.stability`)."""
 
-    collapse_drop: float = 0.05
-    chance_margin: float = 0.05
-    jitter_window: int = 5
-    residual_tol: float = 1.0e-3
-    target_acc: float = 0.9
-    gradcheck_every: int = 0
+    collapse_drop: float = 0.05   # a collapse: accuracy falls this far below its running best
+    chance_margin: float = 0.05   # never learned: best accuracy below chance + this margin
+    jitter_window: int = 5        # std of test accuracy over the last k epochs
+    residual_tol: float = 1.0e-3  # a sample is unconverged if its free-phase residual exceeds this
+    target_acc: float = 0.9       # epochs to reach this test accuracy
+    gradcheck_every: int = 0      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
 
     def __post_init__(self):
         for key in ("collapse_drop", "chance_margin", "residual_tol", "target_acc"):
-            _positive(f"stability.{key}", getattr(self, key))
-        if self.jitter_window < 1 or self.gradcheck_every < 0:
-            raise ConfigError("stability.jitter_window must be >= 1 and stability.gradcheck_every >= 0")
+            _number(f"stability.{key}", getattr(self, key), low=0, strict_low=True)
+        _count("stability.jitter_window", self.jitter_window)
+        _count("stability.gradcheck_every", self.gradcheck_every, low=0)
 
 
 @dataclasses.dataclass
@@ -195,8 +236,7 @@ class GradcheckConfig:
     estimators: List[str] = field(default_factory=lambda: list(EP_ESTIMATORS))
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError(f"gradcheck.batch_size must be >= 1, got {self.batch_size}")
+        _count("gradcheck.batch_size", self.batch_size)
         for name in self.estimators:
             _choice("gradcheck.estimators", name, EP_ESTIMATORS)
 
@@ -205,23 +245,25 @@ class GradcheckConfig:
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    dt: DtSpec = field(default_factory=DtSpec)
-    ep: Phases = field(default_factory=Phases)
+    dt: DtConfig = field(default_factory=DtConfig)
+    ep: EPConfig = field(default_factory=EPConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     gradcheck: GradcheckConfig = field(default_factory=GradcheckConfig)
     seed: int = 0
+    # false | true (continue from this run directory's last checkpoint) | PATH (continue that run)
     resume: Any = False
 
     def __post_init__(self):
-        if not 0 <= self.seed < 2**31:
-            raise ConfigError(f"seed must be in [0, 2^31), got {self.seed}")
-        if not isinstance(self.resume, (bool, str)) or self.resume == "":
-            raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
+        _check(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31), got {self.seed}")
+        _check(isinstance(self.resume, (bool, str)) and self.resume != "", "resume",
+               f"must be true, false or a run directory, got {self.resume!r}")
 
 
 SCHEMA_NAME = "train_schema"
+# The config groups of conf/ (a choice each) beside the schema's sections.
+CONFIG_GROUPS = ("dataset", "model", "dt", "ep", "optimizer", "train", "stability", "gradcheck", "experiment")
 
 
 def register_schema() -> None:
@@ -249,6 +291,33 @@ def validate(cfg: DictConfig) -> Config:
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        message = str(err).splitlines()[0]
         key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]
+        if key and "not in" in message:
+            message = f"unknown key{did_you_mean(key)}"
         raise ConfigError(f"{key}: {message}" if key else message) from None
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``group_options("dt")`` → ``["gamma", …, "uniform"]``)."""
+    folder = resources.files("hets_ep.conf").joinpath(group)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (``dt.mean``, ``train.epochs``, …)."""
+    node = Config() if node is None else node
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def did_you_mean(key: str) -> str:
+    """``"; did you mean train.epochs?"`` for a near miss of a schema key, else ``""``."""
+    close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""

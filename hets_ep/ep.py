@@ -16,41 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hets_ep.dynamics import DIAGNOSTIC_WINDOW, Relaxation, relax
-from hets_ep.errors import ConfigError
+from hets_ep.dynamics import Relaxation, relax
 from hets_ep.models.network import Network, State
 
+if TYPE_CHECKING:
+    from hets_ep.config import EPConfig
+
 EP_ESTIMATORS = ("one_sided", "random_sign", "symmetric")
-MAX_STEPS = 10**6
 ESTIMATORS = (*EP_ESTIMATORS, "bptt")
-
-
-@dataclasses.dataclass
-class Phases:
-    """Static settings of one gradient estimate (the ``ep`` config group)."""
-
-    estimator: str = "symmetric"
-    beta: float = 0.5
-    T1: int = 30
-    T2: int = 10
-    window: int = DIAGNOSTIC_WINDOW
-    unroll: int = 1
-
-    def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ConfigError(f"ep.estimator: unknown {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if not (1 <= self.T1 <= MAX_STEPS and 1 <= self.T2 <= MAX_STEPS):
-            raise ConfigError(f"ep.T1 and ep.T2 must be in [1, {MAX_STEPS}], got T1={self.T1}, T2={self.T2}")
-        if self.estimator != "bptt" and (not np.isfinite(self.beta) or self.beta <= 0):
-            raise ConfigError(f"ep.beta must be a finite number > 0 for estimator {self.estimator}, got {self.beta}")
-        if not (1 <= self.window <= MAX_STEPS and 1 <= self.unroll <= MAX_STEPS):
-            raise ConfigError(f"ep.window and ep.unroll must be >= 1, got {self.window}, {self.unroll}")
 
 
 class Estimate(NamedTuple):
@@ -60,7 +39,7 @@ class Estimate(NamedTuple):
     free: Relaxation
 
 
-def free_phase(net: Network, params, drive: jax.Array, dt: State, phases: Phases) -> Relaxation:
+def free_phase(net: Network, params, drive: jax.Array, dt: State, phases: EPConfig) -> Relaxation:
     """Relax from zero for ``T1`` steps with no nudging (also what evaluation runs)."""
     s0 = tuple(jnp.zeros((drive.shape[0], *d.shape), drive.dtype) for d in dt)
     return relax(net, params, drive, s0, dt, phases.T1, window=phases.window, unroll=phases.unroll)
@@ -81,7 +60,7 @@ def energy_gradient_difference(net: Network, params, x, y, s1: State, beta1, s2:
     return jax.grad(difference)(params)
 
 
-def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: Phases,
+def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig,
                 key: Optional[jax.Array] = None) -> Estimate:
     """EP gradient estimate for one batch (``key`` is used by ``random_sign`` only)."""
     drive = net.drive(params, x)
@@ -102,7 +81,7 @@ def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, pha
     return Estimate(grads, free)
 
 
-def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: Phases) -> Estimate:
+def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig) -> Estimate:
     """Exact gradient of the batch-mean loss at ``s_{T1}``, through the free-phase scan."""
     def loss(p):
         free = free_phase(net, p, net.drive(p, x), dt, phases)
@@ -112,7 +91,7 @@ def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, p
     return Estimate(grads, jax.lax.stop_gradient(free))
 
 
-def estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: Phases,
+def estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig,
              key: Optional[jax.Array] = None) -> Estimate:
     """The configured estimator's gradient for one batch."""
     if phases.estimator == "bptt":
@@ -140,7 +119,7 @@ def agreement(estimate_grads, reference_grads) -> dict[str, dict[str, float]]:
     return out
 
 
-def make_comparator(net: Network, phases: Phases, estimators=EP_ESTIMATORS):
+def make_comparator(net: Network, phases: EPConfig, estimators=EP_ESTIMATORS):
     """A function ``(params, x, y, dt, key) -> report`` comparing EP estimates with BPTT.
 
     The report is ``{"free_residual": r, "estimators": {name: {tensor: {cosine, norm_ratio}}}}``;

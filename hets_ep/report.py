@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io as _io
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,33 +21,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
-
-from hets_ep import io
+from hets_ep import atomic, record
 from hets_ep.errors import HetsEpError
+from hets_ep.record import RunRecord
 
 # Keys that never define a condition: bookkeeping, paths, display, guards and analysis thresholds.
 _IGNORED = ("seed", "resume", "train.progress", "train.check_every", "train.eval_batch_size", "dataset.root",
             "train.parallel_seeds", "train.explode_threshold", "stability.", "gradcheck.")
-
-
-@dataclass
-class RunRecord:
-    path: Path
-    config: dict[str, object]
-    summary: dict
-    metrics: list[dict]
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("seed", self.summary.get("seed", 0)))
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unknown")
-
-    def curve(self, key: str = "test_acc") -> list[float]:
-        return [m[key] for m in self.metrics]
 
 
 @dataclass
@@ -58,36 +37,15 @@ class Condition:
     runs: list[RunRecord] = field(default_factory=list)
 
 
-def _flatten(node, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 def find_runs(paths: Sequence[str]) -> list[RunRecord]:
     """Every run directory below ``paths`` (one that holds summary.json and its config)."""
     runs = []
     for root in map(Path, paths):
         if not root.exists():
             raise HetsEpError(f"{root}: no such file or directory")
-        candidates = [root] if (root / "summary.json").is_file() else []
-        candidates += sorted(p.parent for p in root.rglob("summary.json") if p.parent != root)
-        for run_dir in candidates:
-            config_path = run_dir / ".hydra" / "config.yaml"
-            if not config_path.is_file():
-                continue
-            try:
-                summary = json.loads((run_dir / "summary.json").read_text())
-                metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-                config = _flatten(OmegaConf.to_container(OmegaConf.load(config_path), resolve=False))
-            except (json.JSONDecodeError, OSError, ValueError) as err:
-                raise HetsEpError(f"{run_dir}: unreadable run files ({err})") from None
-            runs.append(RunRecord(run_dir, config, summary, metrics))
+        candidates = [root] if record.is_run(root) else []
+        candidates += sorted(p.parent for p in root.rglob(record.SUMMARY) if p.parent != root)
+        runs += [record.read_run(run_dir) for run_dir in candidates if record.is_run(run_dir)]
     if not runs:
         raise HetsEpError(f"no runs found under {', '.join(paths)} (a run directory holds summary.json and "
                           ".hydra/config.yaml; point at outputs/multirun/… or at run directories)")
@@ -134,9 +92,9 @@ def condition_row(cond: Condition, target: float) -> dict:
     count = defaultdict(int)
     for r in runs:
         count[r.status] += 1
-    finals = [r.summary.get("final_test_acc") for r in runs]
-    bests = [r.summary.get("best_test_acc") for r in runs]
-    stats = [r.summary.get("stability", {}) for r in runs]
+    finals = [r.summary.final_test_acc for r in runs]
+    bests = [r.summary.best_test_acc for r in runs]
+    stats = [r.summary.stability for r in runs]
     to_target = [next((i + 1 for i, a in enumerate(r.curve()) if a >= target), None) for r in runs]
     final_mean, final_std, _ = _mean_std(finals)
     learned = [s for s in stats if not s.get("never_learned")]
@@ -153,9 +111,9 @@ def condition_row(cond: Condition, target: float) -> dict:
         "reached_target": sum(t is not None for t in to_target),
         "residual": _mean_std([s.get("mean_test_residual") for s in stats])[0],
         "unconverged": _mean_std([s.get("final_unconverged") for s in stats])[0],
-        "dt_mean": _mean_std([r.summary.get("dt", {}).get("mean") for r in runs])[0],
-        "dt_cv": _mean_std([r.summary.get("dt", {}).get("cv") for r in runs])[0],
-        "wall_s": _mean_std([r.summary.get("timings", {}).get("total_s") for r in runs])[0],
+        "dt_mean": _mean_std([r.summary.dt.get("mean") for r in runs])[0],
+        "dt_cv": _mean_std([r.summary.dt.get("cv") for r in runs])[0],
+        "wall_s": _mean_std([r.summary.timings.get("total_s") for r in runs])[0],
     }
 
 
@@ -187,9 +145,9 @@ def paired(conditions: list[Condition], baseline: dict[str, str], match: Sequenc
             values = [(get(a), get(b)) for a, b in rows]
             return [a - b for a, b in values if a is not None and b is not None]
 
-        final = diffs(lambda r: r.summary.get("final_test_acc"))
-        best = diffs(lambda r: r.summary.get("best_test_acc"))
-        drawdown = diffs(lambda r: r.summary.get("stability", {}).get("max_drawdown"))
+        final = diffs(lambda r: r.summary.final_test_acc)
+        best = diffs(lambda r: r.summary.best_test_acc)
+        drawdown = diffs(lambda r: r.summary.stability.get("max_drawdown"))
         out.append({
             "condition": cond.label, "baseline": base.label, "pairs": len(rows),
             "final_diff": _mean_std(final)[:2], "best_diff": _mean_std(best)[:2],
@@ -255,7 +213,7 @@ def write_csv(path: Path, rows: list[dict], pairs: list[dict]) -> None:
             "paired_final_diff_std": p.get("final_diff", (None, None))[1], "paired_improved": p.get("improved"),
             "paired_pairs": p.get("pairs"),
         })
-    io.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[str]:
@@ -268,17 +226,17 @@ def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[s
     written = []
 
     def save(fig, name):
-        with io.atomic_path(out / name) as tmp:
+        with atomic.atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
         written.append(name)
 
     width = max(6.0, 0.6 * len(conditions) + 3)
     for key, name, ylabel, log in (("test_acc", "learning_curves.png", "test accuracy", False),
-                                   ("test_residual", "residual.png", "free-phase residual (test)", True)):
+                                   ("test_step_residual", "residual.png", "free-phase residual (test)", True)):
         fig, ax = plt.subplots(figsize=(7, 4))
         for cond in conditions:
-            curves = [r.curve(key) for r in cond.runs if r.metrics]
+            curves = [r.curve(key) for r in cond.runs if r.rows]
             if not curves:
                 continue
             length = max(map(len, curves))
@@ -296,7 +254,7 @@ def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[s
 
     fig, ax = plt.subplots(figsize=(width, 4))
     for i, cond in enumerate(conditions):
-        finals = [r.summary.get("final_test_acc") for r in cond.runs if r.summary.get("final_test_acc") is not None]
+        finals = [r.summary.final_test_acc for r in cond.runs if r.summary.final_test_acc is not None]
         ax.scatter(np.full(len(finals), i) + np.linspace(-0.15, 0.15, len(finals)), finals, s=14)
         if finals:
             ax.hlines(np.mean(finals), i - 0.3, i + 0.3, color="k")
@@ -308,7 +266,7 @@ def figures(out: Path, conditions: list[Condition], pairs: list[dict]) -> list[s
     fig, ax = plt.subplots(figsize=(width, 3.5))
     rates = []
     for cond in conditions:
-        stats = [r.summary.get("stability", {}) for r in cond.runs]
+        stats = [r.summary.stability for r in cond.runs]
         rates.append(np.mean([s.get("collapse_count", 0) > 0 for s in stats]) if stats else 0)
     ax.bar(range(len(conditions)), rates)
     ax.set_xticks(range(len(conditions)), [c.label for c in conditions], rotation=60, ha="right", fontsize=7)
@@ -400,7 +358,7 @@ def grid(out: Path, conditions: list[Condition], pairs: list[dict], row: str, co
         ax.set(xlabel=col, ylabel=row, title=name or "final accuracy − baseline")
     fig.suptitle("final accuracy − baseline (points)")
     fig.tight_layout()
-    with io.atomic_path(out / "grid.png") as tmp:
+    with atomic.atomic_path(out / "grid.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return "\n".join(lines) + "\n"
@@ -433,7 +391,7 @@ def build_report(paths: Sequence[str], out: Path, baseline: str = "dt.dist=scala
             f"{', '.join(map(str, paths))}. Accuracies in percent, mean ± std over seeds; collapse rate over "
             f"runs that learned; residual = free-phase ‖s_T − s_T−1‖/‖s_T‖ on the test set.\n", table]
     body += [f"![{n}]({n})\n" for n in names]
-    io.write_text(out / "report.md", "\n".join(body))
+    atomic.write_text(out / "report.md", "\n".join(body))
     write_csv(out / "report.csv", rows, pairs)
     return table
 

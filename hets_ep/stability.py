@@ -78,7 +78,7 @@ def run_statistics(accs: Sequence[float], classes: int, *, collapse_drop: float 
 def epoch_monitors(accs: Sequence[float], drop: float) -> dict:
     """Monitors for the latest epoch: running best, current drawdown, collapses so far."""
     a = np.asarray(accs, np.float64)
-    return {"best_test_acc": float(a.max()), "drawdown": float(drawdowns(a)[-1]),
+    return {"best_acc": float(a.max()), "drawdown": float(drawdowns(a)[-1]),
             "collapses_so_far": len(collapses(a, drop))}
 
 

@@ -28,9 +28,8 @@ order. Different cv at the same seed reuse the same underlying normal/uniform nu
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
@@ -38,51 +37,13 @@ import numpy as np
 from hets_ep import seeding
 from hets_ep.errors import ConfigError
 
+if TYPE_CHECKING:
+    from hets_ep.config import DtConfig
+
 FAMILIES = ("uniform", "normal", "lognormal", "gamma")
 DISTRIBUTIONS = ("scalar", *FAMILIES, "layerwise")
-
-
-@dataclasses.dataclass
-class DtSpec:
-    """What to draw: see the module docstring. Mirrors the ``dt`` config group."""
-
-    dist: str = "scalar"
-    mean: float = 0.5
-    cv: float = 0.0
-    dt_min: float = 0.01
-    dt_max: float = 1.0
-    sample: str = "dt"
-    match_mean: bool = True
-    per: str = "unit"
-    base: str = "lognormal"
-
-    def __post_init__(self):
-        def bad(msg: str):
-            raise ConfigError(f"dt.{msg}")
-
-        if self.dist not in DISTRIBUTIONS:
-            bad(f"dist: unknown distribution {self.dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-        if self.dist == "layerwise" and self.base not in FAMILIES:
-            bad(f"base: {self.base!r} (for layerwise) must be one of {', '.join(FAMILIES)}")
-        for name in ("mean", "cv", "dt_min", "dt_max"):
-            if not math.isfinite(getattr(self, name)):
-                bad(f"{name}: must be a finite number, got {getattr(self, name)}")
-        if self.mean <= 0:
-            bad(f"mean: must be > 0, got {self.mean}")
-        if self.cv < 0:
-            bad(f"cv: must be >= 0, got {self.cv}")
-        if self.dist == "scalar" and self.cv != 0:
-            bad(f"cv: scalar dt has cv 0, got {self.cv}; pick a distribution such as dt=lognormal")
-        if self.dt_min <= 0:
-            bad(f"dt_min: must be > 0, got {self.dt_min}")
-        if self.dt_min > self.dt_max:
-            bad(f"dt_min: {self.dt_min} must not exceed dt_max ({self.dt_max})")
-        if not self.dt_min <= self.mean <= self.dt_max:
-            bad(f"mean: {self.mean} must lie in [dt_min, dt_max] = [{self.dt_min}, {self.dt_max}]")
-        if self.sample not in ("dt", "tau"):
-            bad(f"sample: must be 'dt' or 'tau', got {self.sample!r}")
-        if self.per not in ("unit", "channel"):
-            bad(f"per: must be 'unit' or 'channel', got {self.per!r}")
+SAMPLE_MODES = ("dt", "tau")
+DT_PER = ("unit", "channel")
 
 
 def _unit_draws(key: jax.Array, family: str, cv: float, shape: tuple[int, ...]) -> np.ndarray:
@@ -108,7 +69,7 @@ def _clipped_mean(scale: float, z: np.ndarray, lo: float, hi: float) -> float:
     return float(np.mean(np.clip(scale * z, lo, hi)))
 
 
-def _match_scale(z: np.ndarray, spec: DtSpec) -> float:
+def _match_scale(z: np.ndarray, spec: DtConfig) -> float:
     """The ``a`` with ``mean(clip(a·z)) = spec.mean`` (monotone in a: bisection)."""
     lo, hi = 0.0, spec.dt_max / max(float(z.min()), 1e-12)
     for _ in range(200):
@@ -125,7 +86,7 @@ def _match_scale(z: np.ndarray, spec: DtSpec) -> float:
     return hi
 
 
-def _draw_shapes(spec: DtSpec, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+def _draw_shapes(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
     if spec.dist == "layerwise":
         return [(1,) * len(s) for s in shapes]
     if spec.per == "channel":
@@ -133,7 +94,7 @@ def _draw_shapes(spec: DtSpec, shapes: Sequence[tuple[int, ...]]) -> list[tuple[
     return list(shapes)
 
 
-def sample_dt(seed: int, spec: DtSpec, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[np.ndarray, ...], dict]:
+def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[np.ndarray, ...], dict]:
     """Draw one dt per neuron for state layers of the given shapes (no batch axis).
 
     Returns ``(dt, stats)``: ``dt`` a tuple of float32 arrays with exactly ``shapes``, and the
@@ -164,7 +125,7 @@ def sample_dt(seed: int, spec: DtSpec, shapes: Sequence[tuple[int, ...]]) -> tup
     return dt, stats
 
 
-def dt_stats(dt: Sequence[np.ndarray], spec: DtSpec) -> dict:
+def dt_stats(dt: Sequence[np.ndarray], spec: DtConfig) -> dict:
     """Nominal request and realised statistics of a draw (over all neurons)."""
     flat = np.concatenate([np.asarray(d, np.float64).ravel() for d in dt])
     mean = float(flat.mean())

@@ -53,6 +53,14 @@ TINY = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=10
         "train.epochs=2", "train.eval_batch_size=2000", "ep.T1=15", "ep.T2=5")
 
 
+def train_here(run_dir: Path, *overrides: str):
+    """Train ``TINY + overrides`` in this process (no CLI start-up); returns the summaries."""
+    from hets_ep.config import compose
+    from hets_ep.train import train
+
+    return train(compose([*TINY, *overrides]), run_dir)
+
+
 def metrics_without_timing(path: Path) -> list[dict]:
     import json
 

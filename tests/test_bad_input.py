@@ -15,9 +15,15 @@ from hypothesis import strategies as st
 
 from conftest import MNIST_ROOT
 from hets_ep.cli import precheck
-from hets_ep.config import compose
+from hets_ep.config import compose, group_options
+from hets_ep.data.batching import NORMALIZATIONS
+from hets_ep.ep import ESTIMATORS
 from hets_ep.errors import HetsEpError
-from hets_ep.train import Run
+from hets_ep.models import ACTIVATIONS
+from hets_ep.models.network import DYNAMICS, LOSSES
+from hets_ep.optim import SCHEDULES
+from hets_ep.timeconstants import DT_PER, SAMPLE_MODES
+from hets_ep.train import train
 
 BASE = ["train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=64", "model.hidden=[8]",
         "train.epochs=1", "train.batch_size=16", "ep.T1=3", "ep.T2=2"]
@@ -25,13 +31,10 @@ NUMERIC = ["dt.mean", "dt.cv", "dt.dt_min", "dt.dt_max", "ep.beta", "ep.T1", "ep
            "train.epochs", "optimizer.momentum", "optimizer.weight_decay", "seed", "dataset.subset",
            "train.explode_threshold", "stability.collapse_drop"]
 NUMBERS = ["-1", "0", "0.001", "0.3", "1", "2", "7", "1e12", "1e300", "nan", "inf", "-inf", "abc", "null", "[1,2]"]
-ENUMS = {"dt": ["scalar", "uniform", "normal", "lognormal", "gamma", "layerwise"],
-         "ep": ["symmetric", "one_sided", "random_sign", "bptt"],
-         "ep.estimator": ["symmetric", "one_sided", "random_sign", "bptt"],
-         "model.activation": ["hard_sigmoid", "steep_sigmoid", "tanh"], "model.loss": ["mse", "ce"],
-         "model.dynamics": ["leaky", "energy"], "dataset.normalize": ["unit", "standard", "none"],
-         "optimizer": ["sgd", "adam"], "optimizer.schedule": ["constant", "cosine", "step"],
-         "dt.sample": ["dt", "tau"], "dt.per": ["unit", "channel"]}
+ENUMS = {"dt": group_options("dt"), "ep": group_options("ep"), "optimizer": group_options("optimizer"),
+         "ep.estimator": list(ESTIMATORS), "model.activation": list(ACTIVATIONS), "model.loss": list(LOSSES),
+         "model.dynamics": list(DYNAMICS), "dataset.normalize": list(NORMALIZATIONS),
+         "optimizer.schedule": list(SCHEDULES), "dt.sample": list(SAMPLE_MODES), "dt.per": list(DT_PER)}
 CASES = int(os.environ.get("HETS_EP_BAD_INPUT_CASES", 220))
 # Keep runs tiny: values that would make a valid run long are left out of the strategy.
 SLOW_IF_VALID = {"ep.T1": {"1e12", "7"}, "ep.T2": {"1e12", "7"}, "train.epochs": {"7", "1e12"},
@@ -66,12 +69,12 @@ def test_config_values_run_or_fail_with_one_line():
             return
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                summaries = Run(compose(args), tmp).train()
+                summaries = train(compose(args), tmp)
             except HetsEpError as err:  # refused once the data is known (e.g. batch larger than the set)
                 assert "\n" not in str(err) and any(k.split(".")[-1] in str(err) for k, _ in pairs), (pairs, err)
                 outcomes["refused at start"] += 1
                 return
-        assert {s["status"] for s in summaries} <= {"completed", "diverged"}
+        assert {s.status for s in summaries} <= {"completed", "diverged"}
         outcomes["ran"] += 1
 
     case()

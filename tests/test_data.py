@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_ROOT
-from hets_ep.data import formats, load_dataset, registry, train_batches
+from hets_ep.data import augment, formats, load_dataset, registry, train_batches
 from hets_ep.data.download import fetch
 from hets_ep.errors import DataError
 
@@ -229,3 +229,13 @@ def test_npz_not_a_zip(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="bad.npz: not a readable .npz"):
         load_dataset("npz", path=str(bad))
+
+
+def test_augment_crops_and_flips_deterministically():
+    x = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+    a = augment(x, np.random.default_rng(0), pad=2)
+    b = augment(x, np.random.default_rng(0), pad=2)
+    assert a.shape == x.shape and np.array_equal(a, b)
+    assert not np.array_equal(a, x)
+    # Every output row is a (possibly flipped, shifted) crop of the zero-padded input.
+    assert set(np.unique(a)) <= set(np.unique(x)) | {0.0}

@@ -19,7 +19,7 @@ def _compare(a, b):
         assert ra["epoch"] == rb["epoch"]
         for key in ("train_acc", "test_acc"):
             assert ra[key] == pytest.approx(rb[key], abs=2e-3), key  # a few predictions may flip
-        for key in ("train_loss", "test_loss", "test_residual"):
+        for key in ("train_loss", "test_loss", "test_step_residual"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-3), key
 
 

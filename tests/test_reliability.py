@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,17 +13,23 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, hets_ep, metrics_without_timing
+from conftest import ROOT, TINY, hets_ep, metrics_without_timing, train_here
+from hets_ep import cli, record
 from hets_ep.data import train_batches
+from hets_ep.errors import HetsEpError
+
+
+def _without_timing(run_dir):
+    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("epoch_time_s", "samples_per_s")}
+            for r in record.read_rows(run_dir)]
 
 
 def test_same_config_same_metrics_other_seed_other_run(tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        hets_ep("train", *TINY, "train.epochs=1", "dt=lognormal", f"seed={seed}", f"hydra.run.dir={tmp_path / name}",
-                check=True)
-    a, b, c = (metrics_without_timing(tmp_path / n / "metrics.jsonl") for n in "abc")
+        train_here(tmp_path / name, "train.epochs=1", "dt=lognormal", f"seed={seed}")
+    a, b, c = (_without_timing(tmp_path / n) for n in "abc")
     assert a == b and a != c
-    dts = [np.load(tmp_path / n / "dt.npz")["layer0"] for n in "abc"]
+    dts = [np.load(tmp_path / n / record.DT)["layer0"] for n in "abc"]
     assert np.array_equal(dts[0], dts[1]) and not np.array_equal(dts[0], dts[2])
     assert not np.array_equal(train_batches(1000, 32, 0, 0)[0], train_batches(1000, 32, 1, 0)[0])
 
@@ -34,67 +40,56 @@ def _corrupt(step_dir):
             path.write_bytes(b"\x00garbage")
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     straight, run_dir = tmp_path / "straight", tmp_path / "run"
-    args = (*TINY, "optimizer.schedule=constant")  # extending a run must not move the schedule's horizon
-    hets_ep("train", *args, "train.epochs=3", f"hydra.run.dir={straight}", check=True)
-    hets_ep("train", *args, "train.epochs=2", f"hydra.run.dir={run_dir}", check=True)
-    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
-    _corrupt(run_dir / "checkpoints" / str(steps[-1]))
-    result = hets_ep("train", *args, "train.epochs=3", "resume=true", f"hydra.run.dir={run_dir}", check=True)
-    assert f"checkpoint step {steps[-1]} is unreadable" in result.stdout + result.stderr
+    args = ("optimizer.schedule=constant",)  # extending a run must not move the schedule's horizon
+    train_here(straight, *args, "train.epochs=3")
+    train_here(run_dir, *args, "train.epochs=2")
+    steps = sorted(int(p.name) for p in (run_dir / record.CHECKPOINTS).iterdir() if p.name.isdigit())
+    _corrupt(run_dir / record.CHECKPOINTS / str(steps[-1]))
+    train_here(run_dir, *args, "train.epochs=3", "resume=true")
+    assert f"checkpoint step {steps[-1]} is unreadable" in caplog.text
     assert (run_dir / "checkpoints.corrupt" / str(steps[-1])).is_dir()
-    assert metrics_without_timing(run_dir / "metrics.jsonl") == metrics_without_timing(straight / "metrics.jsonl")
+    assert _without_timing(run_dir) == _without_timing(straight)
 
 
 def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
-    run_dir = tmp_path / "run"
-    hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
-    for step_dir in (run_dir / "checkpoints").iterdir():
+    train_here(tmp_path, "train.epochs=1")
+    for step_dir in (tmp_path / record.CHECKPOINTS).iterdir():
         _corrupt(step_dir)
-    before = (run_dir / "metrics.jsonl").read_text()
-    result = hets_ep("train", *TINY, "train.epochs=2", "resume=true", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 2 and "none of the checkpoints" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("hets-ep: error: ")
-    assert (run_dir / "metrics.jsonl").read_text() == before
+    before = (tmp_path / record.METRICS).read_text()
+    with pytest.raises(HetsEpError, match="none of the checkpoints"):
+        train_here(tmp_path, "train.epochs=2", "resume=true")
+    assert (tmp_path / record.METRICS).read_text() == before
 
 
-def test_unwritable_output_fails_before_training(tmp_path):
+def _fails(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(args))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = hets_ep("train", *TINY, f"hydra.run.dir={blocker / 'run'}")
-    assert result.returncode == 2 and f"cannot write run outputs under {blocker / 'run'}" in result.stderr
+    assert f"cannot write run outputs under {blocker / 'run'}" in _fails(
+        capsys, "train", *TINY, f"hydra.run.dir={blocker / 'run'}")
 
 
 def test_nearly_full_disk_fails_before_training(monkeypatch, capsys, tmp_path):
-    from hets_ep import cli
-
     monkeypatch.setattr(cli, "MIN_FREE_BYTES", 2**70)
     with pytest.raises(SystemExit) as exit_info:
         cli.check_output_dir([f"hydra.run.dir={tmp_path / 'run'}"])
     assert exit_info.value.code == 2 and "MiB free under" in capsys.readouterr().err
 
 
-def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / ".lock").write_text(str(os.getpid()))  # a live process holds it
-    busy = hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}")
-    assert busy.returncode == 2 and f"is in use by process {os.getpid()}" in busy.stderr
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (run_dir / ".lock").write_text(str(dead.pid))
-    hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
-    assert not (run_dir / ".lock").exists()
-
-
-def test_two_sweeps_into_one_directory_do_not_overwrite(tmp_path):
+def test_a_sweep_into_a_used_sweep_directory_is_refused(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    hets_ep("train", "-m", *TINY, "train.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}", check=True)
-    before = {p: p.read_text() for p in sweep.rglob("metrics.jsonl")}
-    again = hets_ep("train", "-m", *TINY, "train.epochs=1", "seed=5,6", f"hydra.sweep.dir={sweep}")
-    assert again.returncode == 2 and "already holds a run" in again.stderr
-    assert {p: p.read_text() for p in sweep.rglob("metrics.jsonl")} == before
+    train_here(sweep / "0", "train.epochs=1")
+    before = (sweep / "0" / record.METRICS).read_text()
+    assert "already holds a run" in _fails(capsys, "train", "-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep}")
+    assert (sweep / "0" / record.METRICS).read_text() == before
 
 
 @pytest.mark.slow

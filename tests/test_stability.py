@@ -44,7 +44,7 @@ def test_jitter_is_the_std_of_the_last_epochs():
 
 def test_epoch_monitors():
     m = epoch_monitors([0.8, 0.9, 0.7], drop=0.05)
-    assert m == {"best_test_acc": 0.9, "drawdown": pytest.approx(0.2), "collapses_so_far": 1}
+    assert m == {"best_acc": 0.9, "drawdown": pytest.approx(0.2), "collapses_so_far": 1}
 
 
 def test_empty_curve():

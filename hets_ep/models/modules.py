@@ -17,6 +17,7 @@ implementations), biases at zero.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -62,6 +63,11 @@ class MLP(nn.Module):
 
     def logits(self, s: Sequence[jax.Array]) -> jax.Array:
         return self.layers[-1](s[-1]) if self.readout else s[-1]
+
+    def flops(self, input_shape: Sequence[int]) -> list[float]:
+        """Matrix-product FLOPs of applying each layer once (forward) to one sample."""
+        sizes = [math.prod(input_shape), *self.hidden, self.n_out]
+        return [2.0 * a * b for a, b in zip(sizes[:-1], sizes[1:])]
 
 
 class ConvNet(nn.Module):
@@ -115,3 +121,15 @@ class ConvNet(nn.Module):
 
     def logits(self, s: Sequence[jax.Array]) -> jax.Array:
         return self.dense(_flat(s[-1])) if self.readout else s[-1]
+
+    def flops(self, input_shape: Sequence[int]) -> list[float]:
+        """Matrix-product FLOPs of applying each layer once (forward) to one sample: each
+        convolution at its full (pre-pooling) resolution, then the dense output layer."""
+        h, w, c_in = input_shape
+        out = []
+        for c_out in self.channels:
+            h, w = h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1
+            out.append(2.0 * h * w * c_out * self.kernel**2 * c_in)
+            h, w, c_in = h // 2, w // 2, c_out
+        out.append(2.0 * h * w * c_in * self.n_out)
+        return out

@@ -28,8 +28,10 @@ from hets_ep.models.activations import ACTIVATIONS, Activation
 from hets_ep.models.modules import MLP, ConvNet
 
 State = tuple[jax.Array, ...]
+ARCHITECTURES = ("mlp", "convnet")
 LOSSES = ("mse", "ce")
 DYNAMICS = ("leaky", "energy")
+POOLS = ("max", "avg")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""`hets-ep` on the command line: one-line errors, sweeps, launchers, signals, resume by path."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, hets_ep, metrics_without_timing
+from hets_ep import cli, record
+
+
+def _fails(capsys, *args: str) -> str:
+    """Run ``hets-ep ARGS`` in this process; it must exit 2 with one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and err.startswith("hets-ep: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dt.mean=-1", "dt.mean: must be a finite number in [0.01, 1], got -1.0"),
+    ("dt=foo", "Could not find 'dt/foo'; choose one of gamma, layerwise, lognormal, normal, scalar, uniform"),
+    ("foo=1", "foo: unknown key"),
+    ("+dt.foo=1", "dt.foo: unknown key"),
+    ("train.epoch=3", "train.epoch: unknown key; did you mean train.epochs?"),
+    ("ep.T1=0", "ep.T1: must be in [1, 1000000], got 0"),
+    ("ep.beta=0", "ep.beta: must be a finite number in (0, inf]"),
+    ("train.batch_size=0", "train.batch_size: must be in [1, 1000000]"),
+    ("dt.mean=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("model.activation=relu", "choose one of hard_sigmoid, steep_sigmoid, tanh"),
+    ("optimizer.lr=abc", "optimizer.lr: must be a number or a list of numbers"),
+])
+def test_bad_config_fails_early_with_one_line(tmp_path, capsys, override, message):
+    run_dir = tmp_path / "run"
+    err = _fails(capsys, "train", *TINY, override, f"hydra.run.dir={run_dir}")
+    assert message in err, err
+    assert not run_dir.exists()  # nothing was started
+
+
+def test_sweeps_are_checked_over_every_combination_before_any_job(tmp_path, capsys):
+    cli.precheck(["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.5"])  # every combination is valid
+    assert "dt.cv: must be a finite number in [0, inf], got -1" in _fails(
+        capsys, "train", "-m", *TINY, "dt=uniform,gamma", "dt.cv=0.25,-1")
+    assert "dt.mean: must be a finite number in [0.01, 1], got 7.0" in _fails(
+        capsys, "train", "-m", *TINY, "seed=0,1", "dt.mean=0.5,7", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert "dt.cv: scalar dt has cv 0" in _fails(
+        capsys, "train", "-m", *TINY, "dt=scalar,lognormal", "dt.cv=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert not (tmp_path / "sweep").exists()
+    assert "Only one of --run, --multirun, --cfg" in _fails(capsys, "train", "-m", *TINY, "dt=gamma", "--cfg", "job")
+
+
+def test_command_line_basics(capsys):
+    alone = hets_ep()
+    assert alone.returncode == 2 and "usage: hets-ep COMMAND" in alone.stderr
+    assert "unknown command 'fly'" in _fails(capsys, "fly")
+    cfg = hets_ep("train", "--cfg", "job", "dt=lognormal", "dt.cv=0.25", check=True)
+    assert "dist: lognormal" in cfg.stdout and "cv: 0.25" in cfg.stdout
+    assert "hets-ep train" in hets_ep("train", "--help", check=True).stdout
+
+
+def test_a_run_through_the_command_line_writes_its_log_and_config(tmp_path):
+    run_dir = tmp_path / "run"
+    result = hets_ep("train", *TINY, "train.epochs=1", "optimizer.lr=0.05", f"hydra.run.dir={run_dir}", check=True)
+    assert "seed 0 completed" in result.stdout + result.stderr
+    assert "lr: 0.05" in (run_dir / record.CONFIG).read_text()
+    assert "epoch 1: train acc" in (run_dir / "train.log").read_text()
+    assert record.is_run(run_dir) and record.read_summary(run_dir).status == "completed"
+
+
+def test_multirun_with_joblib_and_a_diverging_job(tmp_path):
+    """Job 1 flags |s| > 0.5 as an exploding state (hard-sigmoid states reach 1): it stops as
+    diverged, and the sweep goes on."""
+    sweep = tmp_path / "sweep"
+    result = hets_ep("train", "-m", *TINY, "train.epochs=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "train.explode_threshold=1000,0.5", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [record.read_summary(sweep / str(i)) for i in (0, 1)]
+    assert [s.status for s in summaries] == ["completed", "diverged"]
+    assert summaries[1].stability["diverged_epoch"] == 1
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = hets_ep("train", "-m", *TINY, "train.epochs=1", "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=5", "seed=3", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = record.read_summary(sweep / "0")
+    assert summary.status == "completed" and summary.seed == 3
+
+
+def _wait_for(path, proc, timeout=300):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_sigterm_to_the_command_checkpoints_and_resume_is_exact(tmp_path):
+    args = [*TINY, "dataset.subset=4000", "train.epochs=2", "train.batch_size=16"]
+    straight = tmp_path / "straight"
+    hets_ep("train", *args, f"hydra.run.dir={straight}", check=True)
+
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "hets_ep.cli", "train", *args, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir / record.METRICS, proc)  # epoch 1 is done: the signal lands in epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert record.read_summary(run_dir).status == "interrupted"
+
+    hets_ep("train", *args, f"hydra.run.dir={run_dir}", "resume=true", check=True)
+    assert record.read_summary(run_dir).status == "completed"
+    assert metrics_without_timing(run_dir / record.METRICS) == metrics_without_timing(straight / record.METRICS)
+
+
+def test_rerun_into_a_used_directory_needs_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / record.SUMMARY).write_text("{}")
+    assert "already holds a run; pass resume=true" in _fails(
+        capsys, "train", *TINY, "dt=gamma", f"hydra.run.dir={run_dir}")
+    assert (run_dir / record.SUMMARY).read_text() == "{}"
+
+
+def test_resume_by_path_extends_a_finished_run(tmp_path):
+    run_dir = tmp_path / "run"
+    hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
+    hets_ep("train", "train.epochs=2", "train.progress=false", f"resume={run_dir}",
+            f"hydra.run.dir={tmp_path / 'second'}", check=True)
+    assert len(record.read_rows(run_dir)) == 2
+    conflict = hets_ep("train", "dt=gamma", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'third'}")
+    assert conflict.returncode == 2 and "changes dt" in conflict.stderr
+
+
+def test_gradcheck_command(tmp_path):
+    result = hets_ep("gradcheck", TINY[1], "model.hidden=[64]", "model.activation=steep_sigmoid", "ep.T1=200",
+                     "ep.T2=100", "ep.beta=0.05", "gradcheck.batch_size=16", f"hydra.run.dir={tmp_path}", check=True)
+    report = json.loads((tmp_path / record.GRADCHECK).read_text())
+    assert set(report["estimators"]) == {"one_sided", "random_sign", "symmetric"}
+    assert min(v["cosine"] for v in report["estimators"]["symmetric"].values()) > 0.99
+    assert "symmetric" in result.stdout

@@ -1,0 +1,94 @@
+"""The config schema: one source of defaults, every option of every group composes, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from hets_ep.config import (Config, DatasetConfig, DtConfig, EPConfig, ModelConfig, OptimizerConfig, compose,
+                            config_keys, did_you_mean, group_options)
+from hets_ep.errors import ConfigError
+
+SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "dt": DtConfig, "ep": EPConfig,
+            "optimizer": OptimizerConfig}
+CONF = ROOT / "hets_ep" / "conf"
+
+
+def test_no_overrides_is_the_schema_default():
+    assert compose([]) == Config()
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in SECTIONS for o in group_options(g)])
+def test_every_group_option_composes_to_what_the_python_api_builds(group, option):
+    """``hets-ep train GROUP=OPTION`` runs exactly ``Config(GROUP=Section(**values in the YAML))``."""
+    values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
+    extra = {"path": "data.npz"} if (group, option) == ("dataset", "npz") else {}  # npz needs its file
+    expected = dataclasses.replace(Config(), **{group: SECTIONS[group](**values, **extra)})
+    assert compose([f"{group}={option}", *(f"{group}.{k}={v}" for k, v in extra.items())]) == expected
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_every_experiment_preset_composes(option):
+    cfg = compose([f"experiment={option}"])
+    assert isinstance(cfg, Config)
+    if option == "ernoult2019":
+        assert (cfg.model.dynamics, cfg.model.activation, cfg.dt.mean, cfg.ep.estimator) == \
+               ("energy", "steep_sigmoid", 0.2, "one_sided")
+        assert (cfg.ep.T1, cfg.ep.T2, cfg.ep.beta, cfg.train.batch_size, cfg.optimizer.lr) == (100, 25, 1.0, 20, [0.1, 0.05])
+
+
+def test_group_yaml_files_hold_only_what_differs_from_the_schema():
+    for group, section in SECTIONS.items():
+        for option in group_options(group):
+            values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
+            defaults = dataclasses.asdict(section())
+            repeated = {k: v for k, v in values.items() if defaults.get(k) == v and k not in ("name", "dist", "arch",
+                                                                                              "estimator")}
+            assert not repeated, f"conf/{group}/{option}.yaml repeats schema defaults {repeated}"
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: DtConfig(mean=0.0), r"^dt\.mean: must be a finite number in \[0.01, 1\]"),
+    (lambda: DtConfig(dist="lognormal", cv=-0.1), r"^dt\.cv: must be a finite number in \[0, inf\]"),
+    (lambda: DtConfig(dt_min=0.5, dt_max=0.4, mean=0.45), r"^dt\.dt_max: "),
+    (lambda: DtConfig(dt_min=0.0), r"^dt\.dt_min: "),
+    (lambda: DtConfig(mean=1.5), r"^dt\.mean: "),
+    (lambda: DtConfig(dist="scalar", cv=0.2), r"^dt\.cv: scalar dt has cv 0"),
+    (lambda: DtConfig(dist="cauchy"), r"^dt\.dist: unknown 'cauchy'; choose one of scalar, uniform"),
+    (lambda: DtConfig(mean=math.nan), r"^dt\.mean: "),
+    (lambda: DtConfig(sample="rate"), r"^dt\.sample: "),
+    (lambda: DtConfig(per="row"), r"^dt\.per: "),
+    (lambda: EPConfig(T1=0), r"^ep\.T1: must be in \[1, 1000000\]"),
+    (lambda: EPConfig(T2=0), r"^ep\.T2: "),
+    (lambda: EPConfig(beta=0.0), r"^ep\.beta: must be a finite number in \(0, inf\]"),
+    (lambda: EPConfig(beta=math.nan), r"^ep\.beta: "),
+    (lambda: EPConfig(estimator="two_sided"), r"^ep\.estimator: unknown 'two_sided'"),
+    (lambda: OptimizerConfig(lr=[]), r"^optimizer\.lr: must be a number or a list"),
+    (lambda: OptimizerConfig(lr="fast"), r"^optimizer\.lr: must be a number or a list"),
+    (lambda: OptimizerConfig(lr=-0.1), r"^optimizer\.lr: must be a finite number in \(0, inf\]"),
+    (lambda: OptimizerConfig(momentum=1.0), r"^optimizer\.momentum: "),
+    (lambda: DatasetConfig(name="npz"), r"^dataset\.path: dataset=npz needs dataset.path=FILE.npz"),
+    (lambda: DatasetConfig(path="my.npz"), r"^dataset\.path: is read only with dataset=npz"),
+    (lambda: DatasetConfig(subset=0), r"^dataset\.subset: must be >= 1"),
+    (lambda: ModelConfig(hidden=[]), r"^model\.hidden: must list at least one layer size"),
+])
+def test_each_bad_value_is_refused_with_one_line_naming_its_key(build, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build()
+    assert "\n" not in str(err.value)
+
+
+def test_bptt_needs_no_beta():
+    assert EPConfig("bptt", beta=0.0).estimator == "bptt"
+
+
+def test_unknown_keys_get_a_near_miss():
+    assert "train.epochs" in config_keys() and "dt.mean" in config_keys()
+    assert did_you_mean("train.epoch") == "; did you mean train.epochs?"
+    assert did_you_mean("completely.else") == ""
+    with pytest.raises(ConfigError, match=r"^dt\.means: unknown key; did you mean dt\.mean\?$"):
+        compose(["+dt.means=3"])
