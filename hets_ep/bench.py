@@ -111,7 +111,7 @@ def _naive(spec: dict, phases: EPConfig = PHASES):
 
     @jax.jit
     def one_step(params, s, beta):
-        return dynamics_step(net, params, net.drive(params, x), s, dt, beta, y)
+        return dynamics_step(net, params, net.drive(params, x), s, dt, beta, y)[0]
 
     gradient = jax.jit(lambda p, s1, s0, beta: ep.energy_gradient_difference(net, p, x, y, s1, beta, s0, None))
     tx = optax.sgd(0.01)

@@ -35,8 +35,10 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, step: int, tree: Any, meta: dict) -> None:
+        """Save ``tree`` and ``meta`` as ``step``, replacing a checkpoint already there (a run
+        interrupted during evaluation saves at the step its next epoch starts from)."""
         if step in self.manager.all_steps():
-            return
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree),
                                                        meta=ocp.args.JsonSave({**meta, "version": RECORD_VERSION})))
         self.manager.wait_until_finished()

@@ -35,11 +35,12 @@ from hets_ep.errors import ConfigError
 from hets_ep.models import ACTIVATIONS, Network, build_network
 from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS
 from hets_ep.optim import OPTIMIZERS, SCHEDULES
-from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, SAMPLE_MODES
+from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, REDRAWS, SAMPLE_MODES
 
 # Beyond these a run would not fit in memory or time: almost surely a typo.
 MAX_COUNT = 10**6
 MAX_WIDTH = 2**16
+MONITORS = ("auto", "val", "test")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -74,6 +75,8 @@ class DatasetConfig:
     root: Optional[str] = None        # a folder with the dataset's files, read instead of the cache
     path: Optional[str] = None        # dataset=npz: FILE.npz with x_train, y_train, x_test, y_test
     subset: Optional[int] = None      # first N training examples (quick runs)
+    test_subset: Optional[int] = None  # first N test examples (quick runs)
+    val_size: int = 0                 # training examples held out for validation, per seed (0: none)
     normalize: str = "unit"
     augment: bool = False
 
@@ -83,8 +86,10 @@ class DatasetConfig:
         _check(self.name != "npz" or bool(self.path), "dataset.path", "dataset=npz needs dataset.path=FILE.npz")
         _check(self.name == "npz" or not self.path, "dataset.path",
                f"is read only with dataset=npz (this run uses dataset={self.name}); add dataset=npz")
-        _check(self.subset is None or self.subset >= 1, "dataset.subset",
-               f"must be >= 1 (or null for all), got {self.subset}")
+        for key in ("subset", "test_subset"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"dataset.{key}", f"must be >= 1 (or null for all), got {value}")
+        _count("dataset.val_size", self.val_size, low=0)
 
 
 @dataclasses.dataclass
@@ -130,20 +135,30 @@ class DtConfig:
     dt_max: float = 1.0
     sample: str = "dt"         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
     match_mean: bool = True    # rescale until the realised mean equals `mean`
+    match_cv: bool = True      # and reshape until the realised cv equals `cv`
     per: str = "unit"          # conv layers: one dt per unit, or per channel
     base: str = "lognormal"    # layerwise: the family of the per-layer draws
+    redraw: str = "none"       # batch: every batch, permute the draw across each layer's neurons
 
     def __post_init__(self):
         _choice("dt.dist", self.dist, DISTRIBUTIONS)
         _choice("dt.base", self.base, FAMILIES)
         _choice("dt.sample", self.sample, SAMPLE_MODES)
         _choice("dt.per", self.per, DT_PER)
+        _choice("dt.redraw", self.redraw, REDRAWS)
         _number("dt.dt_min", self.dt_min, low=0, strict_low=True)
         _number("dt.dt_max", self.dt_max, low=self.dt_min)
         _number("dt.mean", self.mean, low=self.dt_min, high=self.dt_max)
         _number("dt.cv", self.cv, low=0)
         _check(self.dist != "scalar" or self.cv == 0, "dt.cv",
                f"scalar dt has cv 0, got {self.cv}; pick a distribution such as dt=lognormal")
+        _check(self.dist != "layerwise" or not self.match_cv, "dt.match_cv",
+               "layerwise draws one value per layer, too few to match a cv; set dt.match_cv=false")
+        _check(self.dist == "scalar" or self.cv == 0 or self.dt_min < self.mean < self.dt_max, "dt.mean",
+               f"{self.mean} leaves no room for spread inside [dt_min, dt_max] = [{self.dt_min}, {self.dt_max}]")
+        _check(self.redraw == "none" or (self.dist not in ("scalar", "layerwise") and self.cv > 0), "dt.redraw",
+               f"{self.redraw} permutes dt across a layer's neurons, which {self.dist} dt makes equal; "
+               "use a distribution with cv > 0")
 
 
 @dataclasses.dataclass
@@ -170,10 +185,11 @@ class EPConfig:
 @dataclasses.dataclass
 class OptimizerConfig:
     """``lr`` is one rate for all layers or one per layer, input side first (a layer's weights
-    and bias share it)."""
+    and bias share it); ``lr_scale`` multiplies every rate, so a sweep scales them together."""
 
     name: str = "sgd"
     lr: Any = field(default_factory=lambda: [0.03])
+    lr_scale: float = 1.0
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -190,6 +206,7 @@ class OptimizerConfig:
         for rate in rates:
             _number("optimizer.lr", rate, low=0, strict_low=True)
         self.lr = [float(r) for r in rates]
+        _number("optimizer.lr_scale", self.lr_scale, low=0, strict_low=True)
         _number("optimizer.weight_decay", self.weight_decay, low=0)
         _number("optimizer.momentum", self.momentum, low=0, high=1, strict_high=True)
         _count("optimizer.step_every", self.step_every)
@@ -219,15 +236,19 @@ class StabilityConfig:
     collapse_drop: float = 0.05   # a collapse: accuracy falls this far below its running best
     chance_margin: float = 0.05   # never learned: best accuracy below chance + this margin
     jitter_window: int = 5        # std of test accuracy over the last k epochs
-    residual_tol: float = 1.0e-3  # a sample is unconverged if its free-phase residual exceeds this
+    late_window: int = 3          # the primary metric `late`: mean test accuracy over the last k epochs
+    residual_tol: float = 1.0e-2  # a sample is unconverged if its fixed-point residual exceeds this
     target_acc: float = 0.9       # epochs to reach this test accuracy
     gradcheck_every: int = 0      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
+    monitor: str = "auto"         # the split that best epoch and collapses are read on (auto: val if any)
 
     def __post_init__(self):
         for key in ("collapse_drop", "chance_margin", "residual_tol", "target_acc"):
             _number(f"stability.{key}", getattr(self, key), low=0, strict_low=True)
         _count("stability.jitter_window", self.jitter_window)
+        _count("stability.late_window", self.late_window)
         _count("stability.gradcheck_every", self.gradcheck_every, low=0)
+        _choice("stability.monitor", self.monitor, MONITORS)
 
 
 @dataclasses.dataclass
@@ -259,6 +280,15 @@ class Config:
         _check(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31), got {self.seed}")
         _check(isinstance(self.resume, (bool, str)) and self.resume != "", "resume",
                f"must be true, false or a run directory, got {self.resume!r}")
+        _check(self.stability.monitor != "val" or self.dataset.val_size > 0, "stability.monitor",
+               "val needs a validation split: set dataset.val_size=N")
+
+    @property
+    def monitor(self) -> str:
+        """The split that best epoch and collapse detection read: ``val`` or ``test``."""
+        if self.stability.monitor == "auto":
+            return "val" if self.dataset.val_size else "test"
+        return self.stability.monitor
 
 
 SCHEMA_NAME = "train_schema"

@@ -33,10 +33,13 @@ ESTIMATORS = (*EP_ESTIMATORS, "bptt")
 
 
 class Estimate(NamedTuple):
-    """A gradient estimate and the free phase it started from."""
+    """A gradient estimate, the free phase it started from and, per sample ``(B,)``, the
+    fixed-point residual of the nudged phase (the larger of the two for ``symmetric``; zeros
+    for ``bptt``, which does not nudge)."""
 
     grads: dict
     free: Relaxation
+    nudged_fp_residual: jax.Array
 
 
 def free_phase(net: Network, params, drive: jax.Array, dt: State, phases: EPConfig) -> Relaxation:
@@ -68,17 +71,18 @@ def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, pha
     s_free = free.state
 
     def nudged(beta):
-        return relax(net, params, drive, s_free, dt, phases.T2, beta, y, window=phases.window,
-                     unroll=phases.unroll).state
+        return relax(net, params, drive, s_free, dt, phases.T2, beta, y, window=phases.window, unroll=phases.unroll)
 
     beta = jnp.asarray(phases.beta, x.dtype)
     if phases.estimator == "symmetric":
-        grads = energy_gradient_difference(net, params, x, y, nudged(beta), beta, nudged(-beta), -beta)
-    else:
-        if phases.estimator == "random_sign":
-            beta = jnp.where(jax.random.bernoulli(key), beta, -beta)
-        grads = energy_gradient_difference(net, params, x, y, nudged(beta), beta, s_free, None)
-    return Estimate(grads, free)
+        plus, minus = nudged(beta), nudged(-beta)
+        grads = energy_gradient_difference(net, params, x, y, plus.state, beta, minus.state, -beta)
+        return Estimate(grads, free, jnp.maximum(plus.fp_residual, minus.fp_residual))
+    if phases.estimator == "random_sign":
+        beta = jnp.where(jax.random.bernoulli(key), beta, -beta)
+    one = nudged(beta)
+    grads = energy_gradient_difference(net, params, x, y, one.state, beta, s_free, None)
+    return Estimate(grads, free, one.fp_residual)
 
 
 def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig) -> Estimate:
@@ -88,7 +92,7 @@ def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, p
         return jnp.mean(net.loss_per_sample(p, free.state, y)), free
 
     grads, free = jax.grad(loss, has_aux=True)(params)
-    return Estimate(grads, jax.lax.stop_gradient(free))
+    return Estimate(grads, jax.lax.stop_gradient(free), jnp.zeros_like(free.fp_residual))
 
 
 def estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig,

@@ -1,7 +1,7 @@
 """Optimizers from the ``optimizer`` config group: optax chains with per-layer rates and a schedule.
 
 Each layer (a top-level entry of the parameter tree, input side first) has its own base rate
-``lr_l``; the rate at step ``t`` is ``lr_l · m(t)`` with the schedule's multiplier ``m``
+``lr_scale · lr_l``; the rate at step ``t`` is that times the schedule's multiplier ``m(t)``
 (``m(0) = 1``). Weight decay adds ``λ θ`` to the gradient before the per-layer update.
 """
 
@@ -31,12 +31,13 @@ def layer_names(params) -> list[str]:
 
 
 def layer_rates(cfg: OptimizerConfig, params) -> list[float]:
-    """The base rate of each layer (one rate given: the same for every layer)."""
+    """The base rate of each layer, ``lr_scale × lr_l`` (one rate given: the same for every layer)."""
     layers = layer_names(params)
     if len(cfg.lr) not in (1, len(layers)):
         raise ConfigError(f"optimizer.lr: lists {len(cfg.lr)} rates; the model has {len(layers)} layers "
                           f"({', '.join(layers)}): give 1 or {len(layers)}")
-    return list(cfg.lr) * len(layers) if len(cfg.lr) == 1 else list(cfg.lr)
+    rates = list(cfg.lr) * len(layers) if len(cfg.lr) == 1 else list(cfg.lr)
+    return [cfg.lr_scale * r for r in rates]
 
 
 def schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:

@@ -1,9 +1,12 @@
 """Where arrays live: one device, or several with the member (seed) or batch axis sharded.
 
-With several devices (GPUs, or CPU devices forced with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``) the member axis is sharded across them
-when it divides evenly, else the batch axis; with one device nothing moves. The kernel is the
-same program either way: XLA partitions it from the input shardings.
+With several devices the member axis is sharded across them when it divides evenly (members
+are independent: no communication, the same numbers as separate runs); on accelerators the
+batch axis otherwise (the batch sums then cross devices, in another order). On a CPU split
+into devices (``train.parallel_seeds`` does it, see :func:`hets_ep.runtime.configure_xla`)
+only members are sharded: XLA's CPU collectives that batch sharding needs were seen to stall.
+With one device nothing moves. The kernel is the same program either way: XLA partitions it
+from the input shardings.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ class Placement:
         if self.mesh is not None:
             if members % len(devices) == 0:
                 self.axis = "members"
-            elif batch % len(devices) == 0 and eval_batch % len(devices) == 0:
+            elif devices[0].platform != "cpu" and batch % len(devices) == 0 and eval_batch % len(devices) == 0:
                 self.axis = "batch"
             if self.axis:
                 log.info("sharding the %s axis across %d devices", self.axis, len(devices))
             else:
-                log.warning("%d devices, but neither the %d seeds nor the batch sizes (%d, %d) divide evenly: "
-                            "running unsharded", len(devices), members, batch, eval_batch)
+                log.warning("%d %s devices, but the %d seeds do not divide evenly across them%s: running unsharded",
+                            len(devices), devices[0].platform, members, "" if devices[0].platform == "cpu" else
+                            f", nor the batch sizes ({batch}, {eval_batch})")
 
     def _put(self, tree, *spec):
         if self.axis is None:

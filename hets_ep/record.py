@@ -38,50 +38,73 @@ LEARNING_CURVE = Path("plots") / "learning_curve.png"
 LOCK = ".lock"
 GRADCHECK = "gradcheck.json"
 
-STATUSES = ("running", "completed", "diverged", "interrupted")
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
 
 @dataclasses.dataclass
 class EpochRow:
     """One line of ``metrics.jsonl``. Accuracies are fractions; losses, residuals and the
-    oscillation count are means over samples (free phase only)."""
+    oscillation count are means over samples of the free phase (the ``nudged_*`` fields: of
+    the nudged phase). Fixed-point residuals ``‖T(s) − s‖/‖s‖`` do not depend on dt (see
+    :mod:`hets_ep.dynamics`); a sample is unconverged when its residual exceeds
+    ``stability.residual_tol``. ``best_acc``, ``drawdown`` and ``collapses_so_far`` follow the
+    monitored split (``Summary.monitor``)."""
 
     epoch: int
     train_loss: float
     train_acc: float
     test_loss: float
     test_acc: float
-    train_step_residual: float   # ‖s_T − s_{T−1}‖ / ‖s_T‖ on the training batches
+    train_fp_residual: Optional[float]
+    train_unconverged: Optional[float]
+    train_step_residual: float   # ‖s_T − s_{T−1}‖ / ‖s_T‖ (shrinks with dt itself)
+    test_fp_residual: Optional[float]
+    test_unconverged: float
     test_step_residual: float
-    test_unconverged: float      # share of test samples whose residual exceeds stability.residual_tol
     test_oscillation: float      # sign flips of Δs per neuron over the last ep.window steps
     max_state: float
     lr: list[float]              # each layer's rate at the end of the epoch
     epoch_time_s: float
     samples_per_s: float         # training samples per second of this member
-    best_acc: float              # running best test accuracy
-    drawdown: float              # running best − this epoch's accuracy
+    best_acc: float
+    drawdown: float
     collapses_so_far: int
+    val_loss: Optional[float] = None   # with dataset.val_size > 0
+    val_acc: Optional[float] = None
+    train_nudged_fp_residual: Optional[float] = None   # EP estimators only
+    train_nudged_unconverged: Optional[float] = None
     gradcheck_min_cosine: Optional[float] = None   # EP vs BPTT on a probe batch (stability.gradcheck_every)
     gradcheck_mean_cosine: Optional[float] = None
 
 
 @dataclasses.dataclass
 class Summary:
-    """``summary.json``: the run's outcome, rewritten after every epoch."""
+    """``summary.json``: the run's outcome, rewritten after every epoch.
+
+    ``best_acc``/``best_epoch`` are read on the monitored split (``val`` with a validation
+    split, else ``test``), ``test_acc_at_best`` is the test accuracy at that epoch, and
+    ``late_test_acc`` the mean test accuracy over the last ``stability.late_window`` epochs
+    (the report's primary metric). A run that failed before training holds ``error``.
+    """
 
     status: str
     seed: int
     epochs_completed: int
     epochs_planned: int
-    best_test_acc: Optional[float]
+    monitor: str
+    best_acc: Optional[float]
     best_epoch: Optional[int]
+    test_acc_at_best: Optional[float]
+    best_test_acc: Optional[float]
     final_test_acc: Optional[float]
+    late_test_acc: Optional[float]
     final_train_acc: Optional[float]
     stability: dict[str, Any]    # stability.run_statistics + divergence epoch and residual summaries
     dt: dict[str, Any]           # timeconstants.dt_stats: nominal and realised statistics of the draw
     timings: dict[str, Any]
     versions: dict[str, str]
+    runtime: dict[str, Any] = dataclasses.field(default_factory=dict)  # host, Slurm job and restarts
+    error: Optional[str] = None
     version: int = RECORD_VERSION
 
 
@@ -120,8 +143,26 @@ def is_run(run_dir: Path) -> bool:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether starting a fresh run in ``run_dir`` would overwrite one."""
-    return (Path(run_dir) / CHECKPOINTS).exists() or (Path(run_dir) / SUMMARY).exists()
+    """Whether starting a fresh run in ``run_dir`` would overwrite one (a run that failed
+    before training holds nothing to lose)."""
+    if (Path(run_dir) / CHECKPOINTS).exists():
+        return True
+    if not (Path(run_dir) / SUMMARY).exists():
+        return False
+    try:
+        return json.loads((Path(run_dir) / SUMMARY).read_text()).get("status") != "failed"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return True
+
+
+def failed(seed: int, error: str) -> Summary:
+    """The summary of a run that stopped before training, with its error."""
+    from hets_ep.runtime import job, versions
+
+    return Summary(status="failed", seed=seed, epochs_completed=0, epochs_planned=0, monitor="test", best_acc=None,
+                   best_epoch=None, test_acc_at_best=None, best_test_acc=None, final_test_acc=None,
+                   late_test_acc=None, final_train_acc=None, stability={}, dt={}, timings={}, versions=versions(),
+                   runtime=job(), error=error)
 
 
 def read_summary(run_dir: Path) -> Summary:
@@ -182,17 +223,20 @@ def _build(cls, raw: dict, path: Path):
         raise HetsEpError(f"{path}: incomplete record ({err})") from None
 
 
-# Version 1 (hets-ep 0.1.0) named the step residual `*_residual` and the running best `best_test_acc`.
+# Version 1 (hets-ep 0.1.0) named the step residual `*_residual` and the running best `best_test_acc`,
+# had no fixed-point residuals, and monitored the test set.
 _V1_ROW_NAMES = {"train_residual": "train_step_residual", "test_residual": "test_step_residual",
                  "best_test_acc": "best_acc"}
 
 
 def _upgrade_row(raw: dict) -> dict:
-    return {_V1_ROW_NAMES.get(k, k): v for k, v in raw.items()}
+    return {"train_fp_residual": None, "train_unconverged": None, "test_fp_residual": None,
+            **{_V1_ROW_NAMES.get(k, k): v for k, v in raw.items()}}
 
 
 def _upgrade_summary(raw: dict) -> dict:
-    return {**raw, "version": RECORD_VERSION}
+    return {**raw, "monitor": "test", "best_acc": raw.get("best_test_acc"),
+            "test_acc_at_best": raw.get("best_test_acc"), "late_test_acc": None, "version": RECORD_VERSION}
 
 
 def _flatten(node, prefix: str = "") -> dict[str, Any]:

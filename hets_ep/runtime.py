@@ -1,8 +1,11 @@
-"""Process guards around a run: stop signals, the run-directory lock, library versions."""
+"""Process guards and set-up around a run: stop signals, the run-directory lock, how XLA uses
+this machine (threads, CPU devices, the compilation cache), versions."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import platform
 import signal
@@ -13,31 +16,57 @@ from hets_ep.errors import HetsEpError
 
 
 class RunInterrupted(HetsEpError):
-    """Raised after a run checkpointed and wrote ``status: interrupted`` on SIGINT/SIGTERM."""
+    """Raised after a run checkpointed and wrote ``status: interrupted`` on a stop signal (or,
+    with ``started=False``, when the signal came before the run began: nothing was written)."""
 
-    def __init__(self, signum: int, run_dir: Path):
-        super().__init__(f"{signal.Signals(signum).name}: run checkpointed in {run_dir}; continue it with "
-                         "resume=true (same hydra.run.dir) or resume=" + str(run_dir))
-        self.exit_code = 128 + signum
+    def __init__(self, signum: int, run_dir: Path, started: bool = True, sweep: bool = False):
+        name = signal.Signals(signum).name
+        if sweep:
+            message = (f"{name}: the sweep stopped, each running job checkpointed; continue it with the same command "
+                       f"and hydra.sweep.dir={run_dir} resume=true")
+        elif started:
+            message = f"{name}: run checkpointed in {run_dir}; continue it with resume={run_dir}"
+        else:
+            message = f"{name} before the run in {run_dir} started; nothing was written"
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks between batches."""
+    """Turns SIGINT/SIGTERM into a flag that the trainer checks between batches (training and
+    evaluation alike), so a run always stops at a point it can checkpoint.
+
+    :data:`stop` is the process's one instance: the command line installs it before any work
+    (a signal during start-up or compilation is then noticed at the first check, not turned
+    into a traceback); :meth:`installed` nests, restoring the previous handlers on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received: int | None = None
+        self._depth = 0
+        self._previous: dict = {}
 
     def _handle(self, signum, _frame):
         self.received = signum
 
     @contextlib.contextmanager
     def installed(self):
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self._depth == 0:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._depth += 1
         try:
             yield self
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            self._depth -= 1
+            if self._depth == 0:
+                for s, handler in self._previous.items():
+                    signal.signal(s, handler)
+                self.received = None
+
+
+stop = StopSignals()
 
 
 @contextlib.contextmanager
@@ -72,6 +101,106 @@ def run_lock(run_dir: Path):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+log = logging.getLogger(__name__)
+
+SINGLE_THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a Slurm allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def accelerator_visible() -> bool:
+    """Whether JAX will run on a GPU: a CUDA or ROCm device, JAX's plugin for it, and neither
+    hidden (``CUDA_VISIBLE_DEVICES=``) nor ruled out (``JAX_PLATFORMS=cpu``); checked without
+    starting JAX's backends, which would claim the device."""
+    import importlib.util
+
+    device = any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/kfd"))
+    plugin = any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                                             "jax_rocm60_plugin", "jax_rocm7_plugin"))
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == "" or os.environ.get("JAX_PLATFORMS", "") == "cpu"
+    return device and plugin and not hidden
+
+
+def parallel_jobs() -> int:
+    """How many jobs of a sweep run at once on this machine (``hydra/launcher=parallel``): one per
+    core on a CPU, one at a time when an accelerator is visible (each job would claim it)."""
+    return 1 if accelerator_visible() else cores()
+
+
+def members_per_device(members: int) -> int:
+    """CPU devices to shard ``members`` seeds over: the largest divisor of ``members`` that is at
+    most the number of cores, so every device holds the same number of seeds."""
+    return max(d for d in range(1, min(members, cores()) + 1) if members % d == 0)
+
+
+def configure_xla(*, single_thread: bool = False, cpu_devices: int = 1) -> None:
+    """Set how XLA uses the CPU, before JAX starts its backends (later calls change nothing).
+
+    ``single_thread``: one XLA thread (for jobs that share the machine with other jobs);
+    ``cpu_devices``: split the CPU into that many devices, so the seeds of
+    ``train.parallel_seeds`` run on separate cores (each member is independent: results are
+    those of separate runs).
+    """
+    from jax._src import xla_bridge
+
+    import jax
+
+    if xla_bridge.backends_are_initialized():
+        return
+    if single_thread:
+        present = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = " ".join([present, *(f for f in SINGLE_THREAD_FLAGS if f not in present)]).strip()
+    if cpu_devices > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+
+
+def enable_compilation_cache(root: Path) -> None:
+    """Keep compiled programs under ``root/xla/<cpu>`` (JAX's persistent cache), so a run whose
+    program was compiled before (the next seed of a sweep, a resumed run) starts in a second.
+    The folder is per CPU model and instruction set: code compiled for one CPU never runs on
+    another. ``HETS_EP_COMPILE_CACHE=off`` turns it off."""
+    import jax
+
+    if os.environ.get("HETS_EP_COMPILE_CACHE", "").lower() in ("off", "0", "false"):
+        return
+    cpu = platform.processor() or platform.machine()
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    fingerprint = hashlib.sha256(f"{cpu} {flags}".encode()).hexdigest()[:16]
+    jax.config.update("jax_compilation_cache_dir", str(Path(root) / "xla" / f"{platform.machine()}-{fingerprint}"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", 2**30)
+
+
+def job() -> dict[str, object]:
+    """Where this process runs: the host and, under Slurm, the job (``ARRAYID_TASK`` for array
+    jobs) and how often Slurm restarted it (requeue after pre-emption or a time limit)."""
+    env = os.environ
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    slurm_job = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env.get("SLURM_JOB_ID")
+    return {"host": platform.node(), "slurm_job": slurm_job, "restarts": int(env.get("SLURM_RESTART_COUNT", 0))}
+
+
+def requeued(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of this very Slurm job: Slurm restarted the
+    job (a requeue after pre-emption, or submitit's resubmission at a time limit), which then
+    continues from its checkpoint without being asked to."""
+    me = job()["slurm_job"]
+    if not me:
+        return False
+    try:
+        summary = record.read_summary(run_dir)
+    except HetsEpError:
+        return False
+    return summary.runtime.get("slurm_job") == me and summary.status in ("interrupted", "running")
 
 
 def versions() -> dict[str, str]:

@@ -11,6 +11,7 @@ With test accuracies ``a_1 … a_E`` and running best ``b_t = max_{s≤t} a_s``:
   own kind, not counted as a collapse.
 * **jitter**: standard deviation of ``a_t`` over the last ``jitter_window`` epochs.
 * **epochs to target**: first epoch with ``a_t ≥ target_acc``.
+* **late**: mean of ``a_t`` over the last ``late_window`` epochs (the report's primary metric).
 * **divergence**: the epoch where NaN/inf or an exploding state (``|s| > explode_threshold``)
   first appeared (recorded by the runner; the run stops there with ``status: diverged``).
 * **relaxation health** (from the free phase on the test set): residual
@@ -80,6 +81,12 @@ def epoch_monitors(accs: Sequence[float], drop: float) -> dict:
     a = np.asarray(accs, np.float64)
     return {"best_acc": float(a.max()), "drawdown": float(drawdowns(a)[-1]),
             "collapses_so_far": len(collapses(a, drop))}
+
+
+def late_mean(accs: Sequence[float], window: int) -> Optional[float]:
+    """The mean over the last ``window`` epochs (fewer if the run is shorter): the ``late``
+    metric, less noisy than the final epoch alone."""
+    return float(np.mean(accs[-window:])) if len(accs) else None
 
 
 def mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:

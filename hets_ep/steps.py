@@ -10,7 +10,7 @@ its buffers in place. The same pytree is what :mod:`hets_ep.checkpointing` saves
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +25,17 @@ if TYPE_CHECKING:
 
 
 class Sums(NamedTuple):
-    """Sums over the samples seen so far this epoch, per member (each leaf ``(members,)``)."""
+    """Sums over the samples seen so far this epoch, per member (each leaf ``(members,)``).
+    ``unconverged`` counts samples whose fixed-point residual exceeds the tolerance; the
+    ``nudged_*`` sums stay zero in evaluation and with BPTT."""
 
     loss: jax.Array
     correct: jax.Array
     step_residual: jax.Array
+    fp_residual: jax.Array
     unconverged: jax.Array
+    nudged_fp_residual: jax.Array
+    nudged_unconverged: jax.Array
     oscillation: jax.Array
     count: jax.Array
     max_state: jax.Array   # running max of |s|, not a sum
@@ -44,7 +49,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     sums: Sums
     dt: State
-    key: jax.Array     # raw key data of the estimator's random stream (random-sign EP)
+    key: jax.Array     # raw key data of the steps' random stream (random-sign EP, dt redraws)
     step: jax.Array    # int32: training steps taken
 
 
@@ -62,8 +67,10 @@ def zero_sums(members: int) -> Sums:
     return Sums(*(jnp.zeros((members,), jnp.float32) for _ in Sums._fields[:-1]), jnp.ones((members,), bool))
 
 
-def _accumulate(sums: Sums, net: Network, params, free: ep.Relaxation, y, mask, residual_tol: float) -> Sums:
-    """Add one batch's free-phase statistics (samples where ``mask`` is 1) to ``sums``."""
+def _accumulate(sums: Sums, net: Network, params, free: ep.Relaxation, nudged_fp: jax.Array, y, mask,
+                residual_tol: float) -> Sums:
+    """Add one batch's statistics (samples where ``mask`` is 1) to ``sums``: the free phase's
+    loss, accuracy and diagnostics, and the nudged phase's fixed-point residual ``nudged_fp``."""
     logits = net.logits(params, free.state)
     loss = net.loss_per_sample(params, free.state, y)
     max_state = jnp.max(jnp.stack([jnp.max(jnp.abs(s)) for s in free.state]))
@@ -71,7 +78,10 @@ def _accumulate(sums: Sums, net: Network, params, free: ep.Relaxation, y, mask, 
         loss=sums.loss + jnp.sum(mask * loss),
         correct=sums.correct + jnp.sum(mask * (jnp.argmax(logits, -1) == y)),
         step_residual=sums.step_residual + jnp.sum(mask * free.residual),
-        unconverged=sums.unconverged + jnp.sum(mask * (free.residual > residual_tol)),
+        fp_residual=sums.fp_residual + jnp.sum(mask * free.fp_residual),
+        unconverged=sums.unconverged + jnp.sum(mask * (free.fp_residual > residual_tol)),
+        nudged_fp_residual=sums.nudged_fp_residual + jnp.sum(mask * nudged_fp),
+        nudged_unconverged=sums.nudged_unconverged + jnp.sum(mask * (nudged_fp > residual_tol)),
         oscillation=sums.oscillation + jnp.sum(mask * free.oscillation),
         count=sums.count + jnp.sum(mask),
         max_state=jnp.maximum(sums.max_state, max_state),
@@ -83,15 +93,21 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def make_train_step(net: Network, phases: EPConfig, tx: optax.GradientTransformation, residual_tol: float):
+def make_train_step(net: Network, phases: EPConfig, tx: optax.GradientTransformation, residual_tol: float,
+                    redraw: Optional[Callable[[jax.Array, State], State]] = None):
     """``train_step(state, batch) -> state``: one estimator update per member, jitted over the
-    member axis (``batch`` has it too: each seed sees its own data order). ``state`` is donated."""
+    member axis (``batch`` has it too: each seed sees its own data order). ``state`` is donated.
+
+    ``redraw(key, dt) -> dt``, if given, reassigns the time steps for each batch (the
+    ``dt.redraw=batch`` control); ``state.dt`` keeps the run's own draw.
+    """
 
     def one(state: TrainState, batch: Batch) -> TrainState:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        est = ep.estimate(net, state.params, batch.x, batch.y, state.dt, phases, key)
-        sums = _accumulate(state.sums, net, state.params, est.free, batch.y, jnp.ones_like(batch.y, jnp.float32),
-                           residual_tol)
+        dt = state.dt if redraw is None else redraw(jax.random.fold_in(key, 1), state.dt)
+        est = ep.estimate(net, state.params, batch.x, batch.y, dt, phases, key)
+        sums = _accumulate(state.sums, net, state.params, est.free, est.nudged_fp_residual, batch.y,
+                           jnp.ones_like(batch.y, jnp.float32), residual_tol)
         updates, opt_state = tx.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         sums = sums._replace(finite=sums.finite & _all_finite(params))
@@ -100,15 +116,17 @@ def make_train_step(net: Network, phases: EPConfig, tx: optax.GradientTransforma
     return jax.jit(jax.vmap(one), donate_argnums=0)
 
 
-def make_eval_step(net: Network, phases: EPConfig, residual_tol: float):
-    """``eval_step(state, sums, batch) -> sums``: the free phase on one evaluation batch, the
-    same batch for every member (``batch`` has no member axis). ``sums`` is donated."""
+def make_eval_step(net: Network, phases: EPConfig, residual_tol: float, shared: bool = True):
+    """``eval_step(state, sums, batch) -> sums``: the free phase on one evaluation batch.
+    With ``shared`` the batch is the same for every member (no member axis: the test set);
+    otherwise each member has its own (a validation split drawn per seed). ``sums`` is donated."""
 
     def one(state: TrainState, sums: Sums, batch: Batch) -> Sums:
         free = ep.free_phase(net, state.params, net.drive(state.params, batch.x), state.dt, phases)
-        return _accumulate(sums, net, state.params, free, batch.y, batch.mask, residual_tol)
+        return _accumulate(sums, net, state.params, free, jnp.zeros_like(free.fp_residual), batch.y, batch.mask,
+                           residual_tol)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)), donate_argnums=1)
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None if shared else 0)), donate_argnums=1)
 
 
 def means(sums: Sums) -> list[dict[str, float]]:
@@ -117,9 +135,8 @@ def means(sums: Sums) -> list[dict[str, float]]:
     out = []
     for k in range(len(host.count)):
         n = max(float(host.count[k]), 1.0)
-        out.append({"loss": float(host.loss[k]) / n, "acc": float(host.correct[k]) / n,
-                    "step_residual": float(host.step_residual[k]) / n, "unconverged": float(host.unconverged[k]) / n,
-                    "oscillation": float(host.oscillation[k]) / n, "max_state": float(host.max_state[k]),
+        mean = {name: float(getattr(host, name)[k]) / n for name in Sums._fields[:-2] if name != "count"}
+        out.append({**mean, "acc": mean.pop("correct"), "max_state": float(host.max_state[k]),
                     "finite": bool(host.finite[k])})
     return out
 

@@ -1,29 +1,35 @@
 """Per-neuron time steps ``dt_i = Δt/τ_i``, drawn once per run.
 
-Every distribution is parameterised by its **mean** and **coefficient of variation** (cv), so
-conditions compare at a matched mean step. A draw ``z`` with mean 1 and the requested cv comes
-from the family, then ``dt = clip(a·z, dt_min, dt_max)``:
+Every distribution is a family with **mean 1** and a shape set by its coefficient of variation
+``c``, scaled by ``a`` and **truncated** to ``[dt_min, dt_max]``:
 
 ==========  =============================================================================
-scalar      ``z = 1`` (every neuron steps by ``mean``; cv must be 0)
-uniform     ``z = 1 + √3·cv·(2u − 1)``,  ``u ~ U(0, 1)``
-normal      ``z = 1 + cv·n``,  ``n ~ N(0, 1)`` (the clip bounds the tails)
-lognormal   ``z = exp(σn − σ²/2)``, ``σ² = ln(1 + cv²)``
-gamma       ``z ~ Gamma(k = 1/cv², θ = cv²)``
-layerwise   one ``z`` per layer from the ``base`` family (heterogeneity across layers only)
+scalar      every neuron steps by ``mean`` (cv must be 0)
+uniform     ``Z ~ U(1 − √3c, 1 + √3c)``
+normal      ``Z ~ N(1, c²)``
+lognormal   ``Z = exp(σn − σ²/2)``, ``σ² = ln(1 + c²)``, ``n ~ N(0, 1)``
+gamma       ``Z ~ Gamma(k = 1/c², θ = c²)``
+layerwise   one value per layer from the ``base`` family (heterogeneity across layers only)
 ==========  =============================================================================
 
-``sample: tau`` draws the *time constant* ``τ`` from the family instead and sets ``z = 1/τ``
-(then dt's cv equals the request only for lognormal, whose reciprocal is lognormal too).
+``sample: dt`` sets ``dt = a·Z``; ``sample: tau`` draws the *time constant* and sets
+``dt = a/Z``. Draws come from the truncated distribution by inverse CDF,
+``Z_i = F⁻¹(F(z_lo) + u_i (F(z_hi) − F(z_lo)))`` with ``u_i ~ U(0, 1)`` and ``[z_lo, z_hi]``
+the interval that maps onto ``[dt_min, dt_max]``, so no neuron sits exactly at a bound
+(clipping would pile the tail there and freeze neurons at ``dt_min``).
 
-Clipping moves the mean (lognormal, mean 0.8, cv 0.5, clipped at 1 has mean 0.714), and a
-smaller mean step alone changes stability. With ``match_mean`` (the default) the scale ``a``
-is found by bisection so the realised mean over neurons equals the request; otherwise
-``a = mean``. Either way the realised statistics after clipping are reported next to the
-nominal ones. Conv layers get one dt per unit (channel × position) or, with ``per: channel``,
-one per channel. The draw uses its own stream ``dt/<distribution>`` of the run's seed: the
-same seed draws the same dt, and changing the distribution never moves the weights or data
-order. Different cv at the same seed reuse the same underlying normal/uniform numbers.
+Truncation moves the mean and narrows the spread, and a smaller mean step alone changes
+stability. So with ``match_mean`` (the default) ``a`` is solved (Brent's method) until the
+realised mean over neurons equals the request, and with ``match_cv`` (the default) ``c`` is
+solved as well until the realised cv equals the requested one: conditions labelled "cv 0.5"
+then have cv 0.5 whatever the family. A request the bounds cannot hold is refused, naming
+the largest cv that fits. The realised statistics are recorded next to the nominal ones.
+
+Conv layers get one dt per unit (channel × position) or, with ``per: channel``, one per
+channel; statistics are over neurons, so a shared value counts once per neuron it drives.
+The draw uses its own stream ``dt/<distribution>`` of the run's seed: the same seed draws the
+same dt, and changing the distribution never moves the weights or data order. Every cv and
+mean at one seed reuses the same uniforms ``u_i``, so conditions differ only by the transform.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
+from scipy import optimize, stats
 
 from hets_ep import seeding
 from hets_ep.errors import ConfigError
@@ -44,46 +51,109 @@ FAMILIES = ("uniform", "normal", "lognormal", "gamma")
 DISTRIBUTIONS = ("scalar", *FAMILIES, "layerwise")
 SAMPLE_MODES = ("dt", "tau")
 DT_PER = ("unit", "channel")
+REDRAWS = ("none", "batch")
+
+# The family's shape c is searched upwards from the requested cv in steps of _C_STEP up to
+# _C_MAX: beyond, every family is flat (log-)uniform over the bounds and its cv no longer grows.
+_C_STEP, _C_MAX = 1.25, 50.0
+_BRACKET_STEPS = 40
+_XTOL = 1e-10
 
 
-def _unit_draws(key: jax.Array, family: str, cv: float, shape: tuple[int, ...]) -> np.ndarray:
-    """Draws with mean 1 and coefficient of variation ``cv`` (float64)."""
-    if cv == 0:
-        return np.ones(shape)
-    if family == "uniform":
-        u = np.asarray(jax.random.uniform(key, shape), np.float64)
-        return 1.0 + math.sqrt(3.0) * cv * (2.0 * u - 1.0)
-    n = np.asarray(jax.random.normal(key, shape), np.float64)
-    if family == "gamma":
-        if cv < 1e-2:  # Gamma(k)/k → N(1, 1/k) as k = 1/cv² grows; the sampler breaks down there
-            return 1.0 + cv * n
-        k = 1.0 / cv**2
-        return np.asarray(jax.random.gamma(key, k, shape), np.float64) / k
-    if family == "normal":
-        return 1.0 + cv * n
-    sigma = math.sqrt(math.log1p(cv**2))
-    return np.exp(sigma * n - 0.5 * sigma**2)
+def family(name: str, c: float):
+    """The frozen scipy distribution of ``Z`` (mean 1, coefficient of variation ``c > 0``)."""
+    if name == "uniform":
+        half = math.sqrt(3.0) * c
+        return stats.uniform(loc=1.0 - half, scale=2.0 * half)
+    if name == "normal":
+        return stats.norm(loc=1.0, scale=c)
+    if name == "lognormal":
+        sigma = math.sqrt(math.log1p(c**2))
+        return stats.lognorm(s=sigma, scale=math.exp(-0.5 * sigma**2))
+    return stats.gamma(a=1.0 / c**2, scale=c**2)
 
 
-def _clipped_mean(scale: float, z: np.ndarray, lo: float, hi: float) -> float:
-    return float(np.mean(np.clip(scale * z, lo, hi)))
+def _truncated(u: np.ndarray, name: str, c: float, a: float, spec: DtConfig) -> np.ndarray:
+    """``dt_i`` for uniforms ``u_i``: the family at shape ``c`` and scale ``a``, truncated to the bounds."""
+    dist = family(name, c)
+    lo, hi = (spec.dt_min / a, spec.dt_max / a) if spec.sample == "dt" else (a / spec.dt_max, a / spec.dt_min)
+    f_lo, f_hi = dist.cdf(lo), dist.cdf(hi)
+    if f_hi - f_lo < 1e-12:  # no mass left inside: every draw at the nearer bound
+        z = np.full_like(u, lo if f_lo >= 1.0 - 1e-12 else hi)
+    else:
+        z = np.clip(dist.ppf(f_lo + u * (f_hi - f_lo)), lo, hi)
+    dt = a * z if spec.sample == "dt" else a / z
+    return np.clip(dt, spec.dt_min, spec.dt_max)  # round-off only
 
 
-def _match_scale(z: np.ndarray, spec: DtConfig) -> float:
-    """The ``a`` with ``mean(clip(a·z)) = spec.mean`` (monotone in a: bisection)."""
-    lo, hi = 0.0, spec.dt_max / max(float(z.min()), 1e-12)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _clipped_mean(mid, z, spec.dt_min, spec.dt_max) < spec.mean:
-            lo = mid
-        else:
-            hi = mid
-    reached = _clipped_mean(hi, z, spec.dt_min, spec.dt_max)
-    if abs(reached - spec.mean) > 0.01 * spec.mean:
-        raise ConfigError(
-            f"dt.mean: {spec.dist} with cv {spec.cv} clipped to [{spec.dt_min}, {spec.dt_max}] cannot reach mean "
-            f"{spec.mean} (closest {reached:.4g}); lower dt.cv, widen dt.dt_min/dt.dt_max, or set dt.match_mean=false")
-    return hi
+def _weighted_stats(dt: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    mean = float(np.average(dt, weights=weights))
+    return mean, float(math.sqrt(np.average((dt - mean) ** 2, weights=weights)) / mean)
+
+
+class _Unreachable(Exception):
+    """No scale gives the requested mean at this shape (the truncated family cannot hold it)."""
+
+
+def _match_scale(u, name, c, weights, spec: DtConfig) -> float:
+    """The scale ``a`` with realised mean = ``spec.mean`` (the mean rises with ``a``)."""
+    def gap(log_a):
+        return _weighted_stats(_truncated(u, name, c, math.exp(log_a), spec), weights)[0] - spec.mean
+
+    lo = hi = math.log(spec.mean)
+    for _ in range(_BRACKET_STEPS):
+        if gap(lo) <= 0:
+            break
+        lo -= 1.0
+    else:
+        raise _Unreachable
+    for _ in range(_BRACKET_STEPS):
+        if gap(hi) >= 0:
+            break
+        hi += 1.0
+    else:
+        raise _Unreachable
+    return math.exp(optimize.brentq(gap, lo, hi, xtol=_XTOL)) if lo < hi else math.exp(lo)
+
+
+def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tuple[float, float]:
+    """``(c, a)``: the family's shape and scale for this draw (see the module docstring)."""
+    def scale(c):
+        return _match_scale(u, name, c, weights, spec) if spec.match_mean else spec.mean
+
+    def realised_cv(c):
+        return _weighted_stats(_truncated(u, name, c, scale(c), spec), weights)[1]
+
+    if not spec.match_cv:
+        try:
+            return spec.cv, scale(spec.cv)
+        except _Unreachable:
+            raise ConfigError(f"dt.mean: {name} with cv {spec.cv} truncated to [{spec.dt_min}, {spec.dt_max}] "
+                              f"cannot reach mean {spec.mean}; lower dt.cv or widen dt.dt_min/dt.dt_max") from None
+    # The realised cv grows with c until the family is flat over the bounds. Bracket the
+    # request by stepping c from the requested cv (down if the draw already exceeds it, as a
+    # finite sample may), then solve in between.
+    def solve_between(lo, hi):
+        c = math.exp(optimize.brentq(lambda lc: realised_cv(math.exp(lc)) - spec.cv, math.log(lo), math.log(hi),
+                                     xtol=_XTOL))
+        return c, scale(c)
+
+    c = spec.cv
+    if realised_cv(c) >= spec.cv:
+        while realised_cv(c / _C_STEP) >= spec.cv:
+            c /= _C_STEP
+        return solve_between(c / _C_STEP, c)
+    reached = 0.0
+    while c * _C_STEP <= _C_MAX:
+        try:
+            cv = realised_cv(c * _C_STEP)
+        except _Unreachable:
+            break
+        if cv >= spec.cv:
+            return solve_between(c, c * _C_STEP)
+        c, reached = c * _C_STEP, max(reached, cv)
+    raise ConfigError(f"dt.cv: {name} truncated to [{spec.dt_min}, {spec.dt_max}] at mean {spec.mean} reaches cv "
+                      f"{reached:.3g} at most; lower dt.cv, widen dt.dt_min/dt.dt_max, or set dt.match_cv=false")
 
 
 def _draw_shapes(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -98,31 +168,39 @@ def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> t
     """Draw one dt per neuron for state layers of the given shapes (no batch axis).
 
     Returns ``(dt, stats)``: ``dt`` a tuple of float32 arrays with exactly ``shapes``, and the
-    nominal and realised statistics (over neurons, after clipping) as a plain dict.
+    nominal and realised statistics (over neurons) as a plain dict.
     """
     draw_shapes = _draw_shapes(spec, shapes)
-    sizes = [int(np.prod(s)) for s in draw_shapes]
-    family = spec.base if spec.dist == "layerwise" else spec.dist
-    if spec.dist == "scalar":
-        z = np.ones(sum(sizes))
+    sizes = [math.prod(s) for s in draw_shapes]
+    # Each draw counts once per neuron it drives (a per-channel value drives H×W neurons).
+    weights = np.concatenate([np.full(n, math.prod(s) / n) for n, s in zip(sizes, shapes)])
+    name = spec.base if spec.dist == "layerwise" else spec.dist
+    if spec.dist == "scalar" or spec.cv == 0:
+        values, c, a = np.full(sum(sizes), spec.mean), 0.0, spec.mean
     else:
-        z = _unit_draws(seeding.key(seed, f"dt/{spec.dist}"), family, spec.cv, (sum(sizes),))
-        if spec.sample == "tau":
-            z = 1.0 / np.maximum(z, 1e-12)
-    layers = np.split(z, np.cumsum(sizes)[:-1])
-    # Statistics are over neurons, so a per-channel or per-layer value counts once per neuron it drives.
-    z_neurons = np.concatenate([np.broadcast_to(l.reshape(d), s).ravel()
-                                for l, d, s in zip(layers, draw_shapes, shapes)])
-    scale = _match_scale(z_neurons, spec) if spec.match_mean else spec.mean
-    dt = tuple(
-        np.broadcast_to(np.clip(scale * l.reshape(d), spec.dt_min, spec.dt_max), s).astype(np.float32)
-        for l, d, s in zip(layers, draw_shapes, shapes)
-    )
-    raw = scale * z_neurons
-    stats = dt_stats(dt, spec)
-    stats.update(scale=float(scale), clipped_low=float(np.mean(raw < spec.dt_min)),
-                 clipped_high=float(np.mean(raw > spec.dt_max)))
-    return dt, stats
+        u = np.asarray(jax.random.uniform(seeding.key(seed, f"dt/{spec.dist}"), (sum(sizes),)), np.float64)
+        c, a = _solve(u, name, weights, spec)
+        values = _truncated(u, name, c, a, spec)
+    layers = np.split(values, np.cumsum(sizes)[:-1])
+    dt = tuple(np.broadcast_to(v.reshape(d), s).astype(np.float32) for v, d, s in zip(layers, draw_shapes, shapes))
+    out = dt_stats(dt, spec)
+    out.update(scale=a, shape_cv=c, at_bounds=float(np.average((values <= spec.dt_min) | (values >= spec.dt_max),
+                                                               weights=weights)))
+    return dt, out
+
+
+def permute(key: jax.Array, dt: Sequence[jax.Array], per: str = "unit") -> tuple[jax.Array, ...]:
+    """The same values reassigned at random within each layer: across all its neurons
+    (``per: unit``) or across its channels (``per: channel``). Mean, cv and every layer's
+    distribution are unchanged; which neuron is slow is not (the ``dt.redraw=batch`` control)."""
+    out = []
+    for i, layer in enumerate(dt):
+        k = jax.random.fold_in(key, i)
+        if per == "channel" and layer.ndim > 1:
+            out.append(jax.random.permutation(k, layer, axis=-1, independent=False))
+        else:
+            out.append(jax.random.permutation(k, layer.ravel()).reshape(layer.shape))
+    return tuple(out)
 
 
 def dt_stats(dt: Sequence[np.ndarray], spec: DtConfig) -> dict:

@@ -1,11 +1,12 @@
 """The run lifecycle: config → data, network, dt → epochs of updates → metrics, checkpoints, summary.
 
-Read top to bottom: :class:`Trainer` sets a run up (or restores it from its last checkpoint),
-then :meth:`Trainer.fit` loops over epochs; each epoch trains on shuffled batches with
-:func:`hets_ep.steps.make_train_step`, evaluates the test set with the free phase only,
-appends an :class:`~hets_ep.record.EpochRow`, saves a checkpoint and rewrites the summary.
-SIGINT/SIGTERM checkpoint mid-epoch and stop with ``status: interrupted``; NaN/inf or an
-exploding state stops a seed with ``status: diverged``.
+Read top to bottom: :class:`Trainer` sets a run up, :meth:`Trainer.fit` restores it from its
+last checkpoint if asked and loops over epochs; each epoch trains on shuffled batches with
+:func:`hets_ep.steps.make_train_step`, evaluates the validation split (if any) and the test set
+with the free phase only, appends an :class:`~hets_ep.record.EpochRow`, saves a checkpoint and
+rewrites the summary. SIGINT/SIGTERM, at any moment, checkpoint at the next batch (of training
+or evaluation) and stop with ``status: interrupted``; NaN/inf or an exploding state stops a
+seed with ``status: diverged``.
 
 With ``train.parallel_seeds=K`` one trainer runs seeds ``seed … seed+K−1`` as the members of
 one vmap-ed program; each member writes ``run_dir/seed_<s>/`` exactly as a separate run
@@ -16,6 +17,7 @@ would (including ``.hydra/config.yaml`` with its own seed); the shared checkpoin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import signal
 import time
@@ -27,25 +29,28 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, ep, figures, optim, record, seeding, stability, steps
+from hets_ep import atomic, ep, figures, optim, record, runtime, seeding, stability, steps
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
-from hets_ep.data import Dataset, augment, eval_batches, load_dataset, train_batches
+from hets_ep.data import Dataset, augment, eval_batches, load_dataset, train_batches, validation_split
 from hets_ep.errors import ConfigError
 from hets_ep.placement import Placement
-from hets_ep.runtime import RunInterrupted, StopSignals, run_lock, versions
+from hets_ep.runtime import RunInterrupted
 from hets_ep.steps import Batch, TrainState
-from hets_ep.timeconstants import sample_dt
+from hets_ep.timeconstants import permute, sample_dt
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Member:
-    """One seed of a run: its own directory, dt draw, epoch rows and status."""
+    """One seed of a run: its directory, training and validation examples, dt draw, rows, status."""
 
     seed: int
     dir: Path
+    train_index: np.ndarray
+    val_index: np.ndarray
+    dt: tuple[np.ndarray, ...]
     dt_stats: dict
     rows: list[record.EpochRow] = dataclasses.field(default_factory=list)
     status: str = "running"
@@ -65,24 +70,27 @@ def _healthy(stats: dict, threshold: float) -> bool:
 
 
 class Trainer:
-    """A training run writing into ``run_dir`` (the layout: :mod:`hets_ep.record`)."""
+    """A training run writing into ``run_dir`` (the layout: :mod:`hets_ep.record`). Building
+    one writes nothing; :meth:`fit` does."""
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.dir = cfg, Path(run_dir)
-        self.data: Dataset = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.path,
-                                          cfg.dataset.subset, cfg.dataset.normalize)
-        self.steps_per_epoch = len(self.data.x_train) // cfg.train.batch_size
-        if self.steps_per_epoch == 0:
-            subset = f" (dataset.subset={cfg.dataset.subset})" if cfg.dataset.subset else ""
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(self.data.x_train)} "
-                              f"training examples{subset}")
+        d = cfg.dataset
+        self.data: Dataset = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
         k = cfg.train.parallel_seeds
         seeds = [cfg.seed + i for i in range(k)]
-        dirs = [self.dir] if k == 1 else [self.dir / f"seed_{s}" for s in seeds]
+        splits = [validation_split(len(self.data.x_train), d.val_size, s) for s in seeds]
+        self.steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
+        if self.steps_per_epoch == 0:
+            held = f" after dataset.val_size={d.val_size}" if d.val_size else ""
+            subset = f" (dataset.subset={d.subset})" if d.subset else ""
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(splits[0][0])} training "
+                              f"examples{subset}{held}")
         self.net = cfg.model.build(self.data.classes)
         shapes = self.net.state_shapes(self.data.input_shape)
-        draws = [sample_dt(s, cfg.dt, shapes) for s in seeds]
-        self.members = [Member(s, d, stats) for s, d, (_, stats) in zip(seeds, dirs, draws)]
+        dirs = [self.dir] if k == 1 else [self.dir / f"seed_{s}" for s in seeds]
+        self.members = [Member(s, dr, tr, va, *sample_dt(s, cfg.dt, shapes))
+                        for s, dr, (tr, va) in zip(seeds, dirs, splits)]
         self.place = Placement(k, cfg.train.batch_size, cfg.train.eval_batch_size)
         params = steps.stack([self.net.init(seeding.key(s, "init"), self.data.input_shape) for s in seeds])
         self.rates = optim.layer_rates(cfg.optimizer, params)
@@ -91,21 +99,19 @@ class Trainer:
             params=params,
             opt_state=jax.vmap(self.tx.init)(params),
             sums=steps.zero_sums(k),
-            dt=steps.stack([tuple(map(jnp.asarray, dt)) for dt, _ in draws]),
+            dt=steps.stack([tuple(map(jnp.asarray, m.dt)) for m in self.members]),
             key=jnp.stack([jax.random.key_data(seeding.key(s, "estimator")) for s in seeds]),
             step=jnp.zeros((k,), jnp.int32),
         ))
-        self.train_step = steps.make_train_step(self.net, cfg.ep, self.tx, cfg.stability.residual_tol)
-        self.eval_step = steps.make_eval_step(self.net, cfg.ep, cfg.stability.residual_tol)
+        redraw = functools.partial(permute, per=cfg.dt.per) if cfg.dt.redraw == "batch" else None
+        tol = cfg.stability.residual_tol
+        self.train_step = steps.make_train_step(self.net, cfg.ep, self.tx, tol, redraw)
+        self.eval_step = steps.make_eval_step(self.net, cfg.ep, tol)
+        self.val_step = steps.make_eval_step(self.net, cfg.ep, tol, shared=False) if d.val_size else None
         self.schedule = optim.schedule(cfg.optimizer, self.steps_per_epoch, cfg.train.epochs)
         self.probe = self._make_probe() if cfg.stability.gradcheck_every else None
         self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
-        for member, (dt, _) in zip(self.members, draws):
-            atomic.write_npz(member.dir / record.DT, **{f"layer{i}": d for i, d in enumerate(dt)})
-            if k > 1:
-                own = dataclasses.replace(cfg, seed=member.seed, train=dataclasses.replace(cfg.train, parallel_seeds=1))
-                atomic.write_text(member.dir / record.CONFIG, OmegaConf.to_yaml(OmegaConf.structured(own)))
 
     @property
     def active(self) -> list[int]:
@@ -126,40 +132,50 @@ class Trainer:
         self.epoch, self.batch, self.elapsed = meta["epoch"], meta["batch"], meta["elapsed"]
         for member, state in zip(self.members, meta["members"]):
             member.load(state)
-        log.info("resumed from epoch %d, batch %d", self.epoch, self.batch)
+        if self.batch == 0:
+            log.info("resumed after epoch %d", self.epoch)
+        else:
+            log.info("resumed in epoch %d after batch %d of %d", self.epoch + 1, self.batch, self.steps_per_epoch)
         return True
 
     # -- outputs -----------------------------------------------------------------------------
     def summary(self, member: Member, status: str) -> record.Summary:
-        rows = member.rows
-        accs = [r.test_acc for r in rows]
-        st = self.cfg.stability
-        stats = stability.run_statistics(accs, self.data.classes, collapse_drop=st.collapse_drop,
+        rows, st, monitor = member.rows, self.cfg.stability, self.cfg.monitor
+        watched = [getattr(r, f"{monitor}_acc") for r in rows]
+        tests = [r.test_acc for r in rows]
+        stats = stability.run_statistics(watched, self.data.classes, collapse_drop=st.collapse_drop,
                                          chance_margin=st.chance_margin, jitter_window=st.jitter_window,
                                          target_acc=st.target_acc)
+        last = rows[-1] if rows else None
         stats.update(
             diverged_epoch=member.diverged_epoch,
-            mean_test_residual=stability.mean_or_none([r.test_step_residual for r in rows]),
-            final_test_residual=rows[-1].test_step_residual if rows else None,
-            final_unconverged=rows[-1].test_unconverged if rows else None,
+            mean_test_fp_residual=stability.mean_or_none([r.test_fp_residual for r in rows]),
+            final_test_unconverged=last.test_unconverged if last else None,
+            final_train_nudged_unconverged=last.train_nudged_unconverged if last else None,
+            mean_test_step_residual=stability.mean_or_none([r.test_step_residual for r in rows]),
             mean_oscillation=stability.mean_or_none([r.test_oscillation for r in rows]),
         )
-        best = int(np.argmax(accs)) if accs else None
+        best = int(np.argmax(watched)) if rows else None
         return record.Summary(
             status=status,
             seed=member.seed,
             epochs_completed=len(rows),
             epochs_planned=self.cfg.train.epochs,
-            best_test_acc=accs[best] if accs else None,
-            best_epoch=best + 1 if accs else None,
-            final_test_acc=accs[-1] if accs else None,
-            final_train_acc=rows[-1].train_acc if rows else None,
+            monitor=monitor,
+            best_acc=watched[best] if rows else None,
+            best_epoch=best + 1 if rows else None,
+            test_acc_at_best=tests[best] if rows else None,
+            best_test_acc=max(tests) if rows else None,
+            final_test_acc=tests[-1] if rows else None,
+            late_test_acc=stability.late_mean(tests, st.late_window),
+            final_train_acc=last.train_acc if last else None,
             stability=stats,
             dt=member.dt_stats,
             timings={"total_s": self.elapsed, "parallel_seeds": len(self.members),
                      "mean_epoch_s": stability.mean_or_none([r.epoch_time_s for r in rows]),
                      "samples_per_s": stability.mean_or_none([r.samples_per_s for r in rows])},
-            versions=versions(),
+            versions=runtime.versions(),
+            runtime=runtime.job(),
         )
 
     def write(self, status: str) -> list[record.Summary]:
@@ -175,36 +191,52 @@ class Trainer:
                 figures.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
         return summaries
 
+    def _write_setup(self) -> None:
+        """What a run records before its first epoch: each member's dt draw and, for parallel
+        seeds, each member's own config (its seed, one member) as a separate run would hold."""
+        for member in self.members:
+            atomic.write_npz(member.dir / record.DT, **{f"layer{i}": d for i, d in enumerate(member.dt)})
+            if len(self.members) > 1:
+                own = dataclasses.replace(self.cfg, seed=member.seed,
+                                          train=dataclasses.replace(self.cfg.train, parallel_seeds=1))
+                atomic.write_text(member.dir / record.CONFIG, OmegaConf.to_yaml(OmegaConf.structured(own)))
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[record.Summary]:
         """Train to ``train.epochs``; returns each member's summary. SIGINT/SIGTERM are caught for
         the whole call, so the final writes also complete before the process reacts to them."""
         cfg = self.cfg
-        if cfg.resume and self.restore() and self.epoch >= cfg.train.epochs:
-            log.info("run already completed %d epochs", self.epoch)
-            return self.write("completed")
-        if not cfg.resume and self.checkpoints.steps():
-            raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
-        signals = StopSignals()
-        with signals.installed():
+        with runtime.stop.installed():
+            resume = cfg.resume or runtime.requeued(self.dir)
+            if resume and not cfg.resume:
+                log.info("Slurm restarted job %s (restart %d): continuing its run from the last checkpoint",
+                         runtime.job()["slurm_job"], runtime.job()["restarts"])
+            if resume:
+                if not self.restore():
+                    log.warning("resume: no checkpoint in %s; starting from scratch", self.dir / record.CHECKPOINTS)
+                elif self.epoch >= cfg.train.epochs:
+                    log.info("run already completed %d epochs", self.epoch)
+                    return self.write("completed")
+            elif self.checkpoints.steps():
+                raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
+            self._write_setup()
+            self._check_stop(time.perf_counter())
             while self.epoch < cfg.train.epochs and self.active:
-                self._epoch(signals)
+                self._epoch()
             return self.write("completed")
 
-    def _epoch(self, signals: StopSignals) -> None:
+    def _epoch(self) -> None:
         """Train and evaluate one epoch for every member still running."""
         cfg = self.cfg
         start = time.perf_counter()
-        orders = [train_batches(len(self.data.x_train), cfg.train.batch_size, m.seed, self.epoch)
-                  for m in self.members]
+        orders = [train_batches(len(m.train_index), cfg.train.batch_size, m.seed, self.epoch) for m in self.members]
         size = cfg.train.batch_size * len(self.members)
         with tqdm(total=self.steps_per_epoch * size, initial=self.batch * size, desc=f"epoch {self.epoch + 1}",
                   unit="sample", unit_scale=True, disable=None if cfg.train.progress else True, leave=False) as bar:
             while self.batch < self.steps_per_epoch:
                 self._train_batch(orders)
                 bar.update(size)
-                if signals.received is not None:
-                    self._interrupt(signals.received, time.perf_counter() - start)
+                self._check_stop(start)
                 if self.batch % cfg.train.check_every == 0:
                     self._mark_unhealthy(steps.means(self.state.sums), self.epoch + 1)
                     if not self.active:
@@ -212,11 +244,12 @@ class Trainer:
         train = steps.means(self.state.sums)
         self._mark_unhealthy(train, self.epoch + 1)
         train_time = time.perf_counter() - start
-        test = self._evaluate(self.data.x_test, self.data.y_test) if self.active else []
-        self._end_epoch(train, test, train_time, time.perf_counter() - start)
+        val = self._evaluate_val(start) if self.val_step is not None and self.active else None
+        test = self._evaluate(self.data.x_test, self.data.y_test, start) if self.active else []
+        self._end_epoch(train, val, test, train_time, time.perf_counter() - start)
 
     def _train_batch(self, orders: list[list[np.ndarray]]) -> None:
-        idx = np.stack([order[self.batch] for order in orders])
+        idx = np.stack([m.train_index[order[self.batch]] for m, order in zip(self.members, orders)])
         x = self.data.x_train[idx]
         if self.cfg.dataset.augment:
             x = np.stack([augment(x[k], seeding.numpy_rng(m.seed, "augment", self.epoch, self.batch))
@@ -225,12 +258,25 @@ class Trainer:
         self.state = self.train_step(self.state, batch)
         self.batch += 1
 
-    def _evaluate(self, x: np.ndarray, y: np.ndarray) -> list[dict[str, float]]:
-        """Per member: free-phase loss, accuracy and relaxation diagnostics over a whole split."""
+    def _evaluate(self, x: np.ndarray, y: np.ndarray, start: float) -> list[dict[str, float]]:
+        """Per member: free-phase loss, accuracy and relaxation diagnostics over a whole split
+        (the same for every member)."""
         sums = self.place.members(steps.zero_sums(len(self.members)))
         for idx, valid in eval_batches(len(x), self.cfg.train.eval_batch_size):
             mask = (np.arange(len(idx)) < valid).astype(np.float32)
             sums = self.eval_step(self.state, sums, Batch(*map(self.place.shared, (x[idx], y[idx], mask))))
+            self._check_stop(start)
+        return steps.means(sums)
+
+    def _evaluate_val(self, start: float) -> list[dict[str, float]]:
+        """Per member: the same over its own validation examples."""
+        sums = self.place.members(steps.zero_sums(len(self.members)))
+        for idx, valid in eval_batches(self.cfg.dataset.val_size, self.cfg.train.eval_batch_size):
+            rows = np.stack([m.val_index[idx] for m in self.members])
+            mask = np.broadcast_to((np.arange(len(idx)) < valid).astype(np.float32), rows.shape)
+            batch = Batch(*map(self.place.batch, (self.data.x_train[rows], self.data.y_train[rows], mask)))
+            sums = self.val_step(self.state, sums, batch)
+            self._check_stop(start)
         return steps.means(sums)
 
     def _mark_unhealthy(self, stats: list[dict], epoch: int) -> None:
@@ -241,28 +287,36 @@ class Trainer:
                 log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch,
                             stats[k]["loss"], stats[k]["max_state"])
 
-    def _end_epoch(self, train: list[dict], test: list[dict], train_time: float, epoch_time: float) -> None:
+    def _end_epoch(self, train: list[dict], val: list[dict] | None, test: list[dict], train_time: float,
+                   epoch_time: float) -> None:
         cfg = self.cfg
         step = (self.epoch + 1) * self.steps_per_epoch
         lrs = [lr * float(self.schedule(step)) for lr in self.rates]
+        nudged = cfg.ep.estimator != "bptt"
         for k in self.active:
-            member, tr, te = self.members[k], train[k], test[k]
-            accs = [r.test_acc for r in member.rows] + [te["acc"]]
+            member, tr, te, va = self.members[k], train[k], test[k], val[k] if val else None
+            watched = [getattr(r, f"{cfg.monitor}_acc") for r in member.rows] + [(va if cfg.monitor == "val" else
+                                                                                  te)["acc"]]
             row = record.EpochRow(
                 epoch=self.epoch + 1,
                 train_loss=tr["loss"], train_acc=tr["acc"], test_loss=te["loss"], test_acc=te["acc"],
-                train_step_residual=tr["step_residual"], test_step_residual=te["step_residual"],
-                test_unconverged=te["unconverged"], test_oscillation=te["oscillation"],
-                max_state=max(tr["max_state"], te["max_state"]), lr=lrs, epoch_time_s=epoch_time,
+                train_fp_residual=tr["fp_residual"], train_unconverged=tr["unconverged"],
+                train_step_residual=tr["step_residual"], test_fp_residual=te["fp_residual"],
+                test_unconverged=te["unconverged"], test_step_residual=te["step_residual"],
+                test_oscillation=te["oscillation"], max_state=max(tr["max_state"], te["max_state"]), lr=lrs,
+                epoch_time_s=epoch_time,
                 samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
-                **stability.epoch_monitors(accs, cfg.stability.collapse_drop),
+                val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
+                train_nudged_fp_residual=tr["nudged_fp_residual"] if nudged else None,
+                train_nudged_unconverged=tr["nudged_unconverged"] if nudged else None,
+                **stability.epoch_monitors(watched, cfg.stability.collapse_drop),
             )
             if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
                 row = dataclasses.replace(row, **self.probe(k))
             member.rows.append(row)
-            log.info("seed %d, epoch %d: train acc %.4f, test acc %.4f, residual %.2e, %.0f samples/s",
-                     member.seed, row.epoch, row.train_acc, row.test_acc, row.test_step_residual,
-                     row.samples_per_s * len(self.members))
+            log.info("seed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
+                     member.seed, row.epoch, row.train_acc, f"val acc {row.val_acc:.4f}, " if va else "",
+                     row.test_acc, row.test_fp_residual, row.samples_per_s * len(self.members))
         self._mark_unhealthy(test, self.epoch + 1)
         self.epoch, self.batch = self.epoch + 1, 0
         self.state = self.state._replace(sums=self.place.members(steps.zero_sums(len(self.members))))
@@ -285,19 +339,24 @@ class Trainer:
 
         return probe
 
-    def _interrupt(self, signum: int, partial_time: float):
-        """Checkpoint mid-epoch, write ``status: interrupted`` and raise :class:`RunInterrupted`."""
-        self.elapsed += partial_time
+    def _check_stop(self, start: float) -> None:
+        """On SIGINT/SIGTERM: checkpoint where the run stands, write ``status: interrupted`` and
+        raise :class:`RunInterrupted`. Between evaluation batches the checkpoint holds the
+        finished training of the epoch, so a resumed run evaluates it again, exactly."""
+        signum = runtime.stop.received
+        if signum is None:
+            return
+        self.elapsed += time.perf_counter() - start
         self.save()
-        log.warning("received %s: checkpointed at epoch %d, batch %d; continue with resume=true",
-                    signal.Signals(signum).name, self.epoch + 1, self.batch)
+        log.warning("received %s: checkpointed in epoch %d after batch %d of %d", signal.Signals(signum).name,
+                    self.epoch + 1, self.batch, self.steps_per_epoch)
         self.write("interrupted")
         raise RunInterrupted(signum, self.dir)
 
 
 def train(cfg: Config, run_dir: Path) -> list[record.Summary]:
     """Train one configuration into ``run_dir``; returns the summary of each seed."""
-    with run_lock(run_dir):
+    with runtime.run_lock(run_dir):
         trainer = Trainer(cfg, run_dir)
         try:
             return trainer.fit()

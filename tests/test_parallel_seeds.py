@@ -1,54 +1,52 @@
-"""`train.parallel_seeds=K`: K seeds in one program equal K separate runs; sharding across devices."""
+"""`train.parallel_seeds=K`: K seeds in one program give the runs K separate processes give
+(the same training; evaluation sums may differ in the last digits), with the seeds spread over
+the CPU's cores."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
 from conftest import TINY, hets_ep, metrics_without_timing
+from hets_ep import record
 
-ARGS = (*TINY, "dataset.subset=2000")
 
-
-def _compare(a, b):
+def _assert_same_run(a, b):
     rows_a, rows_b = metrics_without_timing(a), metrics_without_timing(b)
-    assert len(rows_a) == len(rows_b) == 2
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b] == [1, 2]
     for ra, rb in zip(rows_a, rows_b):
-        assert ra["epoch"] == rb["epoch"]
-        for key in ("train_acc", "test_acc"):
-            assert ra[key] == pytest.approx(rb[key], abs=2e-3), key  # a few predictions may flip
-        for key in ("train_loss", "test_loss", "test_step_residual"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-3), key
+        assert ra.keys() == rb.keys() and ra["lr"] == rb["lr"]
+        for key in ra.keys() - {"lr"}:
+            assert ra[key] == (rb[key] if rb[key] is None else pytest.approx(rb[key], rel=1e-4, abs=1e-6)), key
+
+ARGS = (*TINY, "dataset.subset=2000", "dt=lognormal", "dt.cv=0.3")
 
 
 @pytest.fixture(scope="module")
 def separate(tmp_path_factory):
     root = tmp_path_factory.mktemp("separate")
-    hets_ep("train", "-m", *ARGS, "seed=4,5,6", "dt=lognormal", f"hydra.sweep.dir={root}", check=True)
+    hets_ep("train", "-m", *ARGS, "seed=4,5,6", f"hydra.sweep.dir={root}", check=True)
     return root
 
 
-def test_parallel_seeds_equal_separate_runs(separate, tmp_path):
-    hets_ep("train", *ARGS, "seed=4", "dt=lognormal", "train.parallel_seeds=3", f"hydra.run.dir={tmp_path}",
-            check=True)
-    for i, seed in enumerate((4, 5, 6)):
+@pytest.mark.parametrize("seeds", [3, 2])
+def test_parallel_seeds_equal_separate_runs(separate, tmp_path, seeds):
+    """Two seeds split the 2-core CPU into two devices, one seed each; three seeds share one."""
+    result = hets_ep("train", *ARGS, "seed=4", f"train.parallel_seeds={seeds}", f"hydra.run.dir={tmp_path}",
+                     check=True)
+    assert ("sharding the members axis across 2 devices" in result.stdout + result.stderr) == (seeds == 2)
+    for i, seed in enumerate((4, 5, 6)[:seeds]):
         member = tmp_path / f"seed_{seed}"
-        summary = json.loads((member / "summary.json").read_text())
-        assert summary["seed"] == seed and summary["status"] == "completed"
-        assert "seed: %d" % seed in (member / ".hydra" / "config.yaml").read_text()
-        with np.load(member / "dt.npz") as a, np.load(separate / str(i) / "dt.npz") as b:
-            assert all(np.array_equal(a[k], b[k]) for k in a.files)
-        _compare(member / "metrics.jsonl", separate / str(i) / "metrics.jsonl")
+        summary = record.read_summary(member)
+        assert summary.seed == seed and summary.status == "completed"
+        assert f"outputs in {member}" in result.stdout + result.stderr
+        assert "seed: %d" % seed in (member / record.CONFIG).read_text()
+        assert (member / record.DT).read_bytes() == (separate / str(i) / record.DT).read_bytes()
+        _assert_same_run(member / record.METRICS, separate / str(i) / record.METRICS)
 
 
-def test_sharded_over_two_cpu_devices(separate, tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    for seeds, where in ((2, "members"), (1, "batch")):
-        run_dir = tmp_path / where
-        result = hets_ep("train", *ARGS, "seed=4", "dt=lognormal", f"train.parallel_seeds={seeds}",
-                         f"hydra.run.dir={run_dir}", env=env, check=True)
-        assert f"sharding the {where} axis across 2 devices" in result.stdout + result.stderr
-        first = run_dir / "seed_4" if seeds > 1 else run_dir
-        _compare(first / "metrics.jsonl", separate / "0" / "metrics.jsonl")
+def test_one_seed_on_a_split_cpu_is_not_sharded(separate, tmp_path):
+    """On CPU devices only the seeds are sharded (batch sharding needs XLA's CPU collectives)."""
+    result = hets_ep("train", *ARGS, "seed=4", f"hydra.run.dir={tmp_path}", check=True,
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert "seeds do not divide evenly across them: running unsharded" in result.stdout + result.stderr
+    _assert_same_run(tmp_path / record.METRICS, separate / "0" / record.METRICS)

@@ -17,16 +17,19 @@ V1_RUN = ROOT / "tests" / "data" / "v1_run"  # written by hets-ep 0.1.0 (record 
 
 def _row(epoch: int) -> record.EpochRow:
     return record.EpochRow(epoch=epoch, train_loss=0.5, train_acc=0.8, test_loss=0.4, test_acc=0.85,
-                           train_step_residual=1e-3, test_step_residual=2e-3, test_unconverged=0.1,
+                           train_fp_residual=2e-3, train_unconverged=0.2, train_step_residual=1e-3,
+                           test_fp_residual=2e-3, test_unconverged=0.1, test_step_residual=1e-3,
                            test_oscillation=0.0, max_state=1.0, lr=[0.1, 0.05], epoch_time_s=1.0,
-                           samples_per_s=100.0, best_acc=0.85, drawdown=0.0, collapses_so_far=0)
+                           samples_per_s=100.0, best_acc=0.85, drawdown=0.0, collapses_so_far=0,
+                           train_nudged_fp_residual=3e-3, train_nudged_unconverged=0.3)
 
 
 def test_rows_and_summary_round_trip(tmp_path):
     rows = [_row(1), _row(2)]
-    summary = record.Summary(status="completed", seed=3, epochs_completed=2, epochs_planned=2, best_test_acc=0.85,
-                             best_epoch=1, final_test_acc=0.85, final_train_acc=0.8, stability={"collapse_count": 0},
-                             dt={"mean": 0.5}, timings={}, versions={"hets_ep": "x"})
+    summary = record.Summary(status="completed", seed=3, epochs_completed=2, epochs_planned=2, monitor="test",
+                             best_acc=0.85, best_epoch=1, test_acc_at_best=0.85, best_test_acc=0.85,
+                             final_test_acc=0.85, late_test_acc=0.85, final_train_acc=0.8,
+                             stability={"collapse_count": 0}, dt={"mean": 0.5}, timings={}, versions={"hets_ep": "x"})
     record.write_rows(tmp_path, rows)
     record.write_summary(tmp_path, summary)
     assert record.read_rows(tmp_path) == rows
@@ -40,7 +43,9 @@ def test_a_version_1_run_directory_still_reads():
     assert run.seed == 3 and run.config["dt.dist"] == "lognormal" and run.config["model.hidden"] == (64,)
     assert [r.epoch for r in run.rows] == [1, 2]
     assert run.rows[0].test_step_residual == pytest.approx(0.004262809371948242)  # was `test_residual`
-    assert run.rows[1].best_acc == run.summary.best_test_acc
+    assert run.rows[0].test_fp_residual is None  # not measured then
+    assert run.rows[1].best_acc == run.summary.best_test_acc == run.summary.best_acc
+    assert run.summary.monitor == "test" and run.summary.late_test_acc is None
 
 
 def test_a_newer_record_is_refused_with_the_version_it_needs(tmp_path):
@@ -49,6 +54,13 @@ def test_a_newer_record_is_refused_with_the_version_it_needs(tmp_path):
     (tmp_path / "run" / record.SUMMARY).write_text(json.dumps({**raw, "version": record.RECORD_VERSION + 1}))
     with pytest.raises(HetsEpError, match=f"run-record version {record.RECORD_VERSION + 1}; .* upgrade hets-ep"):
         record.read_run(tmp_path / "run")
+
+
+def test_a_failed_run_holds_nothing_to_lose(tmp_path):
+    record.write_summary(tmp_path, record.failed(7, "dataset.path: not found"))
+    assert not record.holds_run(tmp_path) and record.read_summary(tmp_path).error == "dataset.path: not found"
+    (tmp_path / record.CHECKPOINTS).mkdir()
+    assert record.holds_run(tmp_path)
 
 
 def test_unknown_or_missing_fields_are_named(tmp_path):

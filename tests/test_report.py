@@ -15,7 +15,7 @@ from conftest import TINY, hets_ep
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     hets_ep("train", "-m", *TINY, "seed=0,1", "dt=scalar,lognormal", f"hydra.sweep.dir={root / 'main'}", check=True)
-    hets_ep("train", *TINY, "seed=2", "dt=lognormal", "train.explode_threshold=0.5",
+    hets_ep("train", *TINY, "seed=2", "dt=lognormal", "dt.cv=0.3", "train.explode_threshold=0.5",
             f"hydra.run.dir={root / 'extra' / 'diverged'}", check=True)
     return root
 

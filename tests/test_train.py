@@ -51,7 +51,7 @@ def test_nan_weights_stop_the_run_as_diverged(tmp_path):
 def test_seed_pairs_weights_and_data_across_dt_conditions(tmp_path):
     base = ["dataset.subset=100", f"dataset.root={MNIST_ROOT}", "model.hidden=[16]"]
     runs = [Trainer(compose([*base, *extra]), tmp_path / str(i))
-            for i, extra in enumerate([[], ["dt=lognormal"], ["dt=gamma", "dt.cv=0.3"], ["seed=1"]])]
+            for i, extra in enumerate([[], ["dt=lognormal", "dt.cv=0.3"], ["dt=gamma", "dt.cv=0.3"], ["seed=1"]])]
     for other in runs[1:3]:
         assert_close_trees(runs[0].state.params, other.state.params)
         assert not all(np.array_equal(a, b) for a, b in zip(runs[0].state.dt, other.state.dt))

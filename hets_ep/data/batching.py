@@ -9,6 +9,7 @@ import numpy as np
 
 from hets_ep import seeding
 from hets_ep.data import registry
+from hets_ep.errors import ConfigError
 
 NORMALIZATIONS = ("unit", "standard", "none")
 
@@ -42,8 +43,9 @@ def _normalise(x_train: np.ndarray, x_test: np.ndarray, how: str):
 
 
 def load_dataset(name: str, root: Optional[str] = None, path: Optional[str] = None, subset: Optional[int] = None,
-                 normalize: str = "unit") -> Dataset:
-    """Read, verify and normalise a dataset; ``subset`` keeps the first N training examples.
+                 normalize: str = "unit", test_subset: Optional[int] = None) -> Dataset:
+    """Read, verify and normalise a dataset; ``subset`` (``test_subset``) keeps the first N
+    training (test) examples.
 
     ``normalize``: ``unit`` scales uint8 pixels to [0, 1] (the range EP's rates live in),
     ``standard`` then standardises each channel with the training set's mean and std,
@@ -52,9 +54,23 @@ def load_dataset(name: str, root: Optional[str] = None, path: Optional[str] = No
     x_train, y_train, x_test, y_test = registry.read(name, root, path)
     if subset is not None:
         x_train, y_train = x_train[:subset], y_train[:subset]
+    if test_subset is not None:
+        x_test, y_test = x_test[:test_subset], y_test[:test_subset]
     x_train, x_test = _normalise(x_train, x_test, normalize)
     classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(name, x_train, y_train.astype(np.int32), x_test, y_test.astype(np.int32), classes)
+
+
+def validation_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` indices: ``size`` of ``0..n-1`` held out for validation, drawn from the
+    seed's own ``val`` stream (the same in every condition at that seed; the data-order and
+    weight streams are untouched). ``size = 0`` keeps every example for training."""
+    if size == 0:
+        return np.arange(n), np.arange(0)
+    if size >= n:
+        raise ConfigError(f"dataset.val_size: {size} leaves none of the {n} training examples to train on")
+    held = seeding.numpy_rng(seed, "val").permutation(n)
+    return np.sort(held[size:]), np.sort(held[:size])
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
