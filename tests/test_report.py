@@ -1,54 +1,157 @@
-"""`hets-ep report` on directories written by real tiny runs."""
+"""`hets-ep report` on directories written by real tiny runs: per-seed data, paired tests,
+pairing rules, the equivalent step, the robustness map, figures, old records, the sweep's end."""
 
 from __future__ import annotations
 
-import csv
 import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
-from conftest import TINY, hets_ep
+from conftest import MNIST_ROOT, ROOT, hets_ep
+from hets_ep import record
+from hets_ep.report import build_report
+
+# Tiny runs: 3 epochs (the late window) on 320 images, a 500-image test set.
+SMALL = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=320", "dataset.test_subset=500",
+         "model.hidden=[32]", "train.epochs=3", "ep.T1=10", "ep.T2=4")
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """Real runs: scalar and lognormal at mean dt 0.3 and 0.5, seeds 0–2; one run with another
+    dataset size."""
     root = tmp_path_factory.mktemp("sweep")
-    hets_ep("train", "-m", *TINY, "seed=0,1", "dt=scalar,lognormal", f"hydra.sweep.dir={root / 'main'}", check=True)
-    hets_ep("train", *TINY, "seed=2", "dt=lognormal", "dt.cv=0.3", "train.explode_threshold=0.5",
-            f"hydra.run.dir={root / 'extra' / 'diverged'}", check=True)
+    ended = hets_ep("train", "-m", *SMALL, "seed=0,1,2", "dt=scalar,lognormal", "dt.mean=0.3,0.5",
+                    f"hydra.sweep.dir={root / 'grid'}", check=True)
+    (root / "sweep_end.txt").write_text(ended.stdout)
+    hets_ep("train", *SMALL, "seed=0", "dt=lognormal", "dt.mean=0.3", "dataset.subset=640",
+            f"hydra.run.dir={root / 'bigger'}", check=True)
     return root
 
 
-def _summaries(root, dist):
-    out = []
-    for path in root.rglob("summary.json"):
-        config = (path.parent / ".hydra" / "config.yaml").read_text()
-        if f"dist: {dist}" in config:
-            out.append(json.loads(path.read_text()))
+def _fake_run(path, seed: int, accs: list[float], **config):
+    """A run record with a chosen test-accuracy curve (for cases with known answers)."""
+    from omegaconf import OmegaConf
+
+    from hets_ep import atomic
+    from hets_ep.config import Config
+
+    cfg = OmegaConf.structured(Config(seed=seed))
+    for key, value in config.items():
+        OmegaConf.update(cfg, key, value)
+    atomic.write_text(path / record.CONFIG, OmegaConf.to_yaml(cfg))
+    rows = [record.EpochRow(epoch=i + 1, train_loss=0.1, train_acc=a, test_loss=0.1, test_acc=a,
+                            train_fp_residual=0.01, train_unconverged=0.1, train_step_residual=0.01,
+                            test_fp_residual=0.01, test_unconverged=0.1, test_step_residual=0.01, test_oscillation=0,
+                            max_state=1, lr=[0.1], epoch_time_s=1, samples_per_s=1, best_acc=max(accs[:i + 1]),
+                            drawdown=0, collapses_so_far=0) for i, a in enumerate(accs)]
+    record.write_rows(path, rows)
+    record.write_summary(path, record.Summary(
+        status="completed", seed=seed, epochs_completed=len(accs), epochs_planned=len(accs), monitor="test",
+        best_acc=max(accs), best_epoch=1, test_acc_at_best=max(accs), best_test_acc=max(accs), final_test_acc=accs[-1],
+        late_test_acc=None, final_train_acc=accs[-1], stability={}, versions={},
+        dt={"mean": config.get("dt.mean", 0.5), "cv": config.get("dt.cv", 0.0)}, timings={"total_s": 1.0}))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """Known answers: at lr_scale 1 every run trains (scalar best at mean 0.5); at lr_scale 4
+    scalar runs collapse and lognormal runs train."""
+    root = tmp_path_factory.mktemp("grid")
+    scalar = {(1, 0.3): [0.90, 0.93, 0.94], (1, 0.5): [0.92, 0.95, 0.96], (4, 0.3): [0.9, 0.5, 0.52],
+              (4, 0.5): [0.91, 0.6, 0.55]}
+    for (lr, mean), accs in scalar.items():
+        for seed in range(4):
+            jitter = [a + 0.002 * seed for a in accs]
+            _fake_run(root / f"s{lr}{mean}{seed}", seed, jitter, **{"optimizer.lr_scale": float(lr),
+                                                                     "dt.mean": mean})
+            _fake_run(root / f"l{lr}{mean}{seed}", seed, [0.9, 0.92 + 0.01 * mean, 0.925 + 0.003 * seed + 0.01 * mean],
+                      **{"optimizer.lr_scale": float(lr), "dt.mean": mean, "dt.dist": "lognormal", "dt.cv": 0.5})
+    return root
+
+
+def _late(run_dir) -> float:
+    rows = [json.loads(line) for line in (run_dir / record.METRICS).read_text().splitlines()]
+    return float(np.mean([r["test_acc"] for r in rows[-3:]]))
+
+
+def _runs(root, **keys):
+    """Run directories whose saved config has these values (read independently of the report)."""
+    out = {}
+    for path in root.rglob(record.SUMMARY):
+        config = (path.parent / record.CONFIG).read_text()
+        if all(f"{k}: {v}" in config for k, v in keys.items()):
+            out[json.loads(path.read_text())["seed"]] = path.parent
     return out
 
 
-def test_report_groups_counts_and_means(sweep, tmp_path):
+def test_per_seed_table_and_paired_tests_equal_direct_computations(sweep, tmp_path):
+    out = tmp_path / "report"
+    hets_ep("report", str(sweep / "grid"), "--out", str(out), "--match", "dt.mean", check=True)
+    seeds = pd.read_csv(out / "seeds.csv")
+    assert len(seeds) == 12 and {"seed", "late", "final", "best", "auc", "collapse", "max_drawdown", "trained",
+                                 "test_fp_residual", "nudged_unconverged", "dt_mean", "dt_cv", "wall_s"} <= set(seeds)
+    scalar = _runs(sweep / "grid", dist="scalar", mean=0.3)
+    lognormal = _runs(sweep / "grid", dist="lognormal", mean=0.3)
+    assert sorted(scalar) == sorted(lognormal) == [0, 1, 2]
+    a = np.array([100 * _late(lognormal[s]) for s in range(3)])
+    b = np.array([100 * _late(scalar[s]) for s in range(3)])
+    comps = pd.read_csv(out / "comparisons.csv")
+    row = comps[comps["keys"].str.contains("dt.dist=lognormal") & comps["keys"].str.contains("dt.mean=0.3")].iloc[0]
+    assert row["baseline"] == "scalar μ=0.30" and row["pairs"] == 3
+    assert row["mean_diff"] == pytest.approx(np.mean(a - b))
+    assert row["p_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert len(comps) == 2 and comps["p_holm"].min() >= comps["p_t"].min()  # Holm over both comparisons
+    conditions = pd.read_csv(out / "conditions.csv")
+    assert conditions.set_index("condition").loc["lognormal μ=0.30 cv=0.50", "late_mean"] == pytest.approx(np.mean(a))
+    text = (out / "report.md").read_text()
+    assert "**Metric:** `late`" in text and "**Correction:** Holm over the family at α = 0.05" in text
+    for name in ("learning_curves.png", "paired_differences.png", "dt_histograms.png", "convergence.png"):
+        assert (out / name).stat().st_size > 10_000, name
+
+
+def test_runs_of_another_context_are_not_paired(sweep, tmp_path):
+    """A run on another dataset size has no baseline of its own context: said, not compared."""
     out = tmp_path / "report"
     result = hets_ep("report", str(sweep), "--out", str(out), check=True)
-    assert "| dist=lognormal cv=0.5" in result.stdout
-    rows = {r["condition"]: r for r in csv.DictReader((out / "report.csv").open())}
-    assert set(rows) == {"dist=scalar cv=0", "dist=lognormal cv=0.5"}
-    scalar, lognormal = rows["dist=scalar cv=0"], rows["dist=lognormal cv=0.5"]
-    assert (scalar["n"], scalar["completed"], scalar["diverged"]) == ("2", "2", "0")
-    assert (lognormal["n"], lognormal["completed"], lognormal["diverged"]) == ("3", "2", "1")
-    finals = [s["final_test_acc"] for s in _summaries(sweep, "scalar")]
-    assert float(scalar["final_acc_mean"]) == pytest.approx(np.mean(finals))
-    assert float(scalar["final_acc_std"]) == pytest.approx(np.std(finals, ddof=1))
-    # Paired by seed: seeds 0 and 1 exist in both conditions; the diverged seed 2 has no partner.
-    assert lognormal["paired_baseline"] == "dist=scalar cv=0" and lognormal["paired_pairs"] == "2"
-    by_seed = {s["seed"]: s["final_test_acc"] for s in _summaries(sweep, "scalar")}
-    diffs = [s["final_test_acc"] - by_seed[s["seed"]] for s in _summaries(sweep, "lognormal") if s["seed"] in by_seed]
-    assert float(lognormal["paired_final_diff_mean"]) == pytest.approx(np.mean(diffs))
-    for name in ("report.md", "learning_curves.png", "final_accuracy.png", "collapse_rate.png", "dt_histograms.png",
-                 "residual.png", "paired_differences.png"):
-        assert (out / name).stat().st_size > 0, name
+    comps = pd.read_csv(out / "comparisons.csv")
+    lonely = comps[comps["keys"].str.contains("dataset.subset=640")].iloc[0]
+    assert lonely["pairs"] == 0 and "no baseline with the same dataset.subset" in lonely["note"]
+    assert "Not compared:" in result.stdout
+
+
+def test_best_baseline_equivalent_step_and_robustness_map(grid, tmp_path):
+    out = tmp_path / "report"
+    text = build_report([grid], out, baseline="best", equivalent="dt.mean", robust=["optimizer.lr_scale", "dt.mean"])
+    comps = pd.read_csv(out / "comparisons.csv")
+    # The best scalar condition of each context (lr_scale): mean 0.5 at both.
+    assert set(comps[comps["keys"].str.endswith("lr_scale=1")]["baseline"]) == {"scalar μ=0.50 lr_scale=1"}
+    assert set(comps[comps["keys"].str.endswith("lr_scale=4")]["baseline"]) == {"scalar μ=0.50 lr_scale=4"}
+    big = comps[comps["keys"].str.endswith("lr_scale=4") & comps["keys"].str.contains("dt.mean=0.5")].iloc[0]
+    assert big["mean_diff"] > 20 and big["verdict"] in ("better", "trend (better, not after Holm)")
+    eq = pd.read_csv(out / "equivalent.csv").set_index("condition")
+    # Lognormal at lr_scale 4 beats both scalar means: above the curve; at lr_scale 1 it sits on it.
+    assert eq.loc["lognormal μ=0.50 cv=0.50 lr_scale=4", "position"] == "above the best scalar step"
+    rob = pd.read_csv(out / "robustness.csv")
+    trains = rob.groupby("dist")["cell_trains"].sum().to_dict()
+    assert trains == {"lognormal": 4, "scalar": 2}
+    tests = pd.read_csv(out / "robustness_tests.csv").iloc[0]
+    # 8 pairs (2 cells × 4 seeds) trained with lognormal only: McNemar p = 2 · 0.5⁸.
+    assert tests["pairs"] == 16 and tests["p_mcnemar"] == pytest.approx(2 * 0.5**8)
+    assert tests["verdict"] == "more runs train" and "### Robustness map over optimizer.lr_scale, dt.mean" in text
+    for name in ("robustness.png", "robustness_differences.png", "equivalent_step.png"):
+        assert (out / name).stat().st_size > 10_000, name
+
+
+def test_a_version_1_run_still_loads_into_a_report(tmp_path):
+    shutil.copytree(ROOT / "tests" / "data" / "v1_run", tmp_path / "old")
+    text = build_report([tmp_path / "old"], tmp_path / "report")
+    assert "1 in 1 conditions" in text
+    assert pd.read_csv(tmp_path / "report" / "seeds.csv")["late"].iloc[0] == pytest.approx((0.6806 + 0.7469) / 2)
 
 
 def test_report_on_an_empty_or_foreign_directory(tmp_path):
@@ -59,11 +162,7 @@ def test_report_on_an_empty_or_foreign_directory(tmp_path):
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 
-def test_report_grid(sweep, tmp_path):
-    out = tmp_path / "report"
-    result = hets_ep("report", str(sweep / "main"), "--out", str(out), "--grid", "dt.dist,dt.cv", check=True)
-    assert "| dt.dist \\ dt.cv | 0 | 0.5 |" in result.stdout
-    assert "| scalar | baseline |  |" in result.stdout and "(" in result.stdout.split("| lognormal |")[1]
-    assert (out / "grid.png").stat().st_size > 0
-    by_group = hets_ep("report", str(sweep / "main"), "--out", str(out), "--grid", "dt.cv,train.epochs", check=True)
-    assert "**dt.dist=lognormal**" in by_group.stdout  # other differing keys split the map
+def test_a_sweep_ends_with_a_summary_table_and_its_report(sweep):
+    table = (sweep / "sweep_end.txt").read_text()
+    assert "late % [95% CI]" in table and "lognormal μ=0.30 cv=0.50" in table and "scalar μ=0.50" in table
+    assert (sweep / "grid" / "report" / "report.md").is_file() and (sweep / "grid" / "report" / "seeds.csv").is_file()

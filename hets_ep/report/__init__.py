@@ -1,0 +1,210 @@
+"""``hets-ep report PATH...``: per-seed data, paired tests with corrections, tables and figures.
+
+Runs are found recursively and grouped into conditions (:mod:`hets_ep.report.runs`); every
+condition is compared seed by seed with a baseline of the same context, on a primary metric
+chosen up front (``late`` by default: mean test accuracy over the last
+``stability.late_window`` epochs); the statistics (:mod:`hets_ep.report.inference`) are
+Holm-corrected over the report's family of comparisons. Optional analyses: the equivalent
+scalar step (``--equivalent dt.mean``) and the robustness map (``--robust KEY1,KEY2``).
+
+Writes into ``--out`` (default ``FIRST_PATH/report``): ``report.md``, ``seeds.csv`` (one row
+per run), ``conditions.csv``, ``comparisons.csv``, ``equivalent.csv``, ``robustness.csv``
+and figures (:mod:`hets_ep.report.figures`); prints the main tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hets_ep.errors import HetsEpError
+from hets_ep.report import figures, inference, tables
+from hets_ep.report.runs import BINARY, METRICS, Condition, Pairing, find_runs, fmt, group, pairings, paired
+
+__all__ = ["Analysis", "analyse", "build_report", "main", "sweep_summary"]
+
+
+@dataclasses.dataclass
+class Analysis:
+    """Everything a report shows, before rendering."""
+
+    paths: list[str]
+    metric: str
+    family: str
+    alpha: float
+    baseline: str
+    conditions: list[Condition]
+    pairings: list[Pairing]
+    comparisons: pd.DataFrame          # one row per compared condition
+    equivalent: Optional[pd.DataFrame] = None
+    robustness: Optional[pd.DataFrame] = None
+    robust_tests: Optional[pd.DataFrame] = None
+    robust_keys: Optional[tuple[str, str]] = None
+    train_threshold: float = 0.9
+
+
+def _comparison_row(p: Pairing, metric: str, seed: int) -> dict:
+    row = {"condition": p.condition.label, "keys": p.condition.keys_text(), "metric": metric, "note": p.note}
+    if p.baseline is None:
+        return {**row, "baseline": None, "pairs": 0}
+    both = paired(p, metric)
+    stats = inference.compare((both["condition"] - both["baseline"]).to_numpy(), seed)
+    if metric in BINARY:  # a paired binary outcome: the exact McNemar test instead of t
+        stats.p_t = inference.mcnemar_exact(both["condition"] > 0.5, both["baseline"] > 0.5)
+        stats.t = stats.p_wilcoxon = None
+    row.update(baseline=p.baseline.label, baseline_keys=p.baseline.keys_text(), **dataclasses.asdict(stats))
+    for outcome in BINARY:
+        pair = paired(p, outcome)
+        row[f"{outcome}_rate"] = float(pair["condition"].mean()) if len(pair) else None
+        row[f"baseline_{outcome}_rate"] = float(pair["baseline"].mean()) if len(pair) else None
+        row[f"p_{outcome}"] = inference.mcnemar_exact(pair["condition"] > 0.5, pair["baseline"] > 0.5)
+    row["seeds"] = ",".join(str(s) for s in both.index)
+    return row
+
+
+def _equivalent(conditions: Sequence[Condition], pairs: Sequence[Pairing], key: str, metric: str,
+                seed: int) -> pd.DataFrame:
+    """The equivalent scalar step (in ``key``) of each compared condition."""
+    rows = []
+    for p in pairs:
+        cond = p.condition
+        curve = {float(c.values[key]): c.metric(metric).to_numpy() for c in conditions
+                 if c.values.get("dt.dist") == "scalar" and c.context == cond.context and key in c.values}
+        if len(curve) < 2 or key not in cond.values:
+            continue
+        own = cond.metric(metric).to_numpy()
+        step, low, high, found = inference.equivalent_step_ci(curve, own, float(cond.values[key]), seed)
+        xs = sorted(curve)
+        means = [float(np.mean(curve[x])) for x in xs]
+        rows.append({"condition": cond.label, "key": key, "own": float(cond.values[key]),
+                     "metric_mean": float(np.mean(own)), "equivalent": step, "ci_low": low, "ci_high": high,
+                     "resamples_found": found, "curve": " ".join(f"{x:g}:{m:.2f}" for x, m in zip(xs, means)),
+                     "position": "on the curve" if step is not None else
+                     ("above the best scalar step" if np.mean(own) > max(means) else "below every scalar step")})
+    return pd.DataFrame(rows)
+
+
+def _robustness(conditions: Sequence[Condition], pairs: Sequence[Pairing], keys: tuple[str, str],
+                alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (dt condition, cell): runs that train; per HTS condition: McNemar on *trained* over
+    every paired (cell, seed) against the baseline's, Holm over the conditions."""
+    for key in keys:
+        if not any(key in c.values for c in conditions):
+            raise HetsEpError(f"--robust: {key} does not vary between these runs")
+    cells = []
+    for cond in conditions:
+        dt_key = " ".join(f"{k}={fmt(v)}" for k, v in cond.treatment.items() if k not in keys)
+        cell = " ".join(f"{k}={fmt(v)}" for k, v in cond.values.items() if not k.startswith("dt.") or k in keys)
+        trained = cond.table["trained"].dropna().astype(bool)
+        cells.append({"dt": dt_key or "all", "dist": cond.values.get("dt.dist", ""), "cell": cell,
+                      **{k: cond.values.get(k) for k in keys},
+                      **{k: fmt(v) for k, v in cond.context.items() if k not in keys},
+                      "runs": int(trained.size), "trained_runs": int(trained.sum()),
+                      "cell_trains": bool(trained.size and trained.mean() >= 0.5),
+                      "late_mean": float(cond.metric("late").mean()) if len(cond.metric("late")) else None})
+    table = pd.DataFrame(cells)
+    tests = []
+    by_baseline: dict[str, list[Pairing]] = {}
+    for p in pairs:
+        if p.baseline is not None:
+            dt_key = " ".join(f"{k}={fmt(v)}" for k, v in p.condition.treatment.items() if k not in keys)
+            by_baseline.setdefault(dt_key, []).append(p)
+    for dt_key, members in by_baseline.items():
+        a, b = [], []
+        for p in members:
+            both = paired(p, "trained")
+            a += list(both["condition"] > 0.5)
+            b += list(both["baseline"] > 0.5)
+        tests.append({"dt": dt_key, "pairs": len(a), "trained_rate": float(np.mean(a)) if a else None,
+                      "baseline_trained_rate": float(np.mean(b)) if b else None,
+                      "cells": len(members), "p_mcnemar": inference.mcnemar_exact(a, b)})
+    tests_frame = pd.DataFrame(tests)
+    if len(tests_frame):
+        tests_frame["p_holm"] = inference.holm(list(tests_frame["p_mcnemar"]), alpha)
+        tests_frame["verdict"] = [
+            ("more runs train" if r.trained_rate > r.baseline_trained_rate else "fewer runs train")
+            if r.p_holm is not None and r.p_holm < alpha else "no evidence" for r in tests_frame.itertuples()]
+    return table, tests_frame
+
+
+def analyse(paths: Sequence[str | Path], metric: str = "late", baseline: str = "dt.dist=scalar",
+            match: Sequence[str] = (), equivalent: Optional[str] = None, robust: Optional[Sequence[str]] = None,
+            train_threshold: float = 0.9, alpha: float = 0.05, family: Optional[str] = None,
+            seed: int = 0) -> Analysis:
+    if metric not in METRICS:
+        raise HetsEpError(f"--metric: unknown {metric!r}; choose one of {', '.join(METRICS)}")
+    conditions = group(find_runs(paths), train_threshold)
+    pairs = pairings(conditions, baseline, match, metric)
+    comparisons = pd.DataFrame([_comparison_row(p, metric, seed) for p in pairs])
+    if len(comparisons) and "p_t" in comparisons:
+        comparisons["p_holm"] = inference.holm([p if inference.finite(p) else None for p in comparisons["p_t"]],
+                                               alpha)
+        comparisons["verdict"] = [inference.verdict(r.mean_diff, r.p_t, r.p_holm, METRICS[metric], alpha)
+                                  if r.pairs else "not compared" for r in comparisons.itertuples()]
+    analysis = Analysis([str(p) for p in paths], metric, family or "every condition against its baseline", alpha,
+                        baseline, conditions, pairs, comparisons, train_threshold=train_threshold)
+    if equivalent:
+        analysis.equivalent = _equivalent(conditions, [p for p in pairs if p.baseline], equivalent, metric, seed)
+    if robust:
+        if len(robust) != 2:
+            raise HetsEpError(f"--robust takes two keys KEY1,KEY2, got {','.join(robust)}")
+        analysis.robust_keys = (robust[0], robust[1])
+        analysis.robustness, analysis.robust_tests = _robustness(conditions, pairs, analysis.robust_keys, alpha)
+    return analysis
+
+
+def build_report(paths: Sequence[str | Path], out: Path, grid: Optional[Sequence[str]] = None, **options) -> str:
+    """Analyse the runs under ``paths`` and write the report into ``out``; returns its tables."""
+    analysis = analyse(paths, **options)
+    out.mkdir(parents=True, exist_ok=True)
+    tables.write_csvs(out, analysis)
+    names = figures.render(out, analysis, grid)
+    text = tables.markdown(analysis)
+    tables.write_markdown(out, analysis, text, names)
+    return text
+
+
+def sweep_summary(sweep: Path) -> None:
+    """A sweep's end: one line per condition on stdout, the full report in ``sweep/report``."""
+    analysis = analyse([sweep])
+    print(tables.compact(analysis), flush=True)
+    out = sweep / "report"
+    tables.write_csvs(out, analysis)
+    tables.write_markdown(out, analysis, tables.markdown(analysis), figures.render(out, analysis, None))
+    print(f"report written to {out / 'report.md'}", flush=True)
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="hets-ep report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run or sweep directories (searched recursively)")
+    parser.add_argument("--out", type=Path, help="output directory (default: FIRST_PATH/report)")
+    parser.add_argument("--metric", default="late", choices=list(METRICS),
+                        help="the primary metric of every comparison (default late)")
+    parser.add_argument("--baseline", default="dt.dist=scalar",
+                        help="KEY=VALUE[,…]: the baseline conditions (default dt.dist=scalar); best: the scalar "
+                             "condition with the best mean metric")
+    parser.add_argument("--match", default="", help="KEY[,…] a condition shares with its baseline, e.g. dt.mean")
+    parser.add_argument("--equivalent", help="KEY: the scalar step (e.g. dt.mean) each condition's metric matches")
+    parser.add_argument("--robust", help="KEY1,KEY2: the robustness map over two hyperparameters")
+    parser.add_argument("--grid", help="ROW,COL: map the paired differences over two keys")
+    parser.add_argument("--train-threshold", type=float, default=0.9,
+                        help="a run trains if its late accuracy reaches this and it never collapses (default 0.9)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="level after Holm's correction (default 0.05)")
+    parser.add_argument("--family", help="a name for the family of comparisons this report corrects over")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default 0)")
+    args = parser.parse_args(argv)
+    grid = args.grid.split(",") if args.grid else None
+    if grid is not None and len(grid) != 2:
+        raise HetsEpError(f"--grid takes two keys ROW,COL, got {args.grid!r}")
+    out = args.out or Path(args.paths[0]) / "report"
+    text = build_report(args.paths, out, grid, metric=args.metric, baseline=args.baseline,
+                        match=[k for k in args.match.split(",") if k], equivalent=args.equivalent,
+                        robust=args.robust.split(",") if args.robust else None,
+                        train_threshold=args.train_threshold, alpha=args.alpha, family=args.family, seed=args.seed)
+    print(text)
+    print(f"report written to {out / 'report.md'}")

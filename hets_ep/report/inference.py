@@ -1,0 +1,157 @@
+"""Paired inference: what a report claims, with scipy and statsmodels doing the statistics.
+
+For one comparison, the per-seed differences ``d_i = metric(condition, seed i) −
+metric(baseline, seed i)`` give the mean difference, a bootstrap 95% interval
+(``scipy.stats.bootstrap``, BCa, resampling seeds, seeded so reports reproduce), the paired
+t-test (``scipy.stats.ttest_1samp`` on ``d``: the p-value that is corrected), the Wilcoxon
+signed-rank test (``scipy.stats.wilcoxon``) and Cohen's ``d_z = mean(d)/sd(d)``. Binary
+outcomes (collapsed, trained) are compared with the exact McNemar test on the paired seeds
+(``statsmodels``). The p-values of a report's family are Holm-adjusted together
+(``statsmodels.stats.multitest.multipletests``), and each comparison gets a verdict at α.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+RESAMPLES = 9999
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One condition against its baseline on one metric (differences in the metric's units)."""
+
+    pairs: int
+    mean_diff: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    t: Optional[float]
+    p_t: Optional[float]
+    p_wilcoxon: Optional[float]
+    dz: Optional[float]
+
+
+def bootstrap_mean_ci(values: Sequence[float], seed: int = 0, resamples: int = RESAMPLES,
+                      level: float = 0.95) -> tuple[Optional[float], Optional[float]]:
+    """BCa bootstrap interval of the mean (``None`` for fewer than 3 values); a constant sample
+    has the degenerate interval ``(value, value)``."""
+    x = np.asarray(values, np.float64)
+    if x.size < 3:
+        return None, None
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    res = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=resamples, method="BCa",
+                          random_state=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return float(low), float(high)
+
+
+def compare(diffs: Sequence[float], seed: int = 0, resamples: int = RESAMPLES) -> Comparison:
+    """Statistics of paired differences (see the module docstring)."""
+    d = np.asarray(diffs, np.float64)
+    n = d.size
+    if n == 0:
+        return Comparison(0, None, None, None, None, None, None, None)
+    mean = float(d.mean())
+    if n < 2:
+        return Comparison(n, mean, None, None, None, None, None, None)
+    sd = float(d.std(ddof=1))
+    low, high = bootstrap_mean_ci(d, seed, resamples)
+    if sd == 0:  # every seed moved by the same amount: no variance to test against
+        p = 1.0 if mean == 0 else 0.0
+        return Comparison(n, mean, low, high, None, p, p, None)
+    t = stats.ttest_1samp(d, 0.0)
+    p_w = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return Comparison(n, mean, low, high, float(t.statistic), float(t.pvalue), p_w, mean / sd)
+
+
+def mcnemar_exact(condition: Sequence[bool], baseline: Sequence[bool]) -> Optional[float]:
+    """Exact McNemar p-value for paired binary outcomes (None without pairs)."""
+    a, b = np.asarray(condition, bool), np.asarray(baseline, bool)
+    if a.size == 0:
+        return None
+    table = [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
+    return float(mcnemar(table, exact=True).pvalue)
+
+
+def holm(p_values: Sequence[Optional[float]], alpha: float = 0.05) -> list[Optional[float]]:
+    """Holm-adjusted p-values of a family (``None`` entries stay ``None`` and do not count)."""
+    present = [p for p in p_values if p is not None]
+    if not present:
+        return [None] * len(p_values)
+    adjusted = iter(multipletests(present, alpha=alpha, method="holm")[1])
+    return [None if p is None else float(next(adjusted)) for p in p_values]
+
+
+def verdict(mean_diff: Optional[float], p: Optional[float], p_holm: Optional[float], direction: int,
+            alpha: float = 0.05) -> str:
+    """``better``/``worse`` if the Holm-adjusted p is below α (``direction`` −1: lower is
+    better), a ``trend`` if only the raw p is, else ``no evidence``."""
+    if not (finite(mean_diff) and finite(p)):
+        return "too few pairs"
+    good = mean_diff * direction > 0
+    if finite(p_holm) and p_holm < alpha:
+        return "better" if good else "worse"
+    if p < alpha:
+        return f"trend ({'better' if good else 'worse'}, not after Holm)"
+    return "no evidence"
+
+
+def equivalent_step(curve_x: Sequence[float], curve_y: Sequence[float], target: float,
+                    near: float) -> Optional[float]:
+    """The ``x`` where the piecewise-linear curve through ``(curve_x, curve_y)`` reaches
+    ``target``; of several crossings the one nearest ``near``; None if it never does."""
+    x, y = np.asarray(curve_x, float), np.asarray(curve_y, float)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    crossings = []
+    for i in range(len(x)):
+        if y[i] == target:
+            crossings.append(float(x[i]))
+    for i in range(len(x) - 1):
+        lo, hi = y[i] - target, y[i + 1] - target
+        if lo * hi < 0:
+            crossings.append(float(x[i] + (x[i + 1] - x[i]) * (target - y[i]) / (y[i + 1] - y[i])))
+    if not crossings:
+        return None
+    return min(crossings, key=lambda c: abs(c - near))
+
+
+def equivalent_step_ci(scalar: dict[float, np.ndarray], condition: np.ndarray, near: float, seed: int = 0,
+                       resamples: int = 2000) -> tuple[Optional[float], Optional[float], Optional[float], float]:
+    """``(step, low, high, found)``: the equivalent scalar step of a condition's mean metric,
+    and a percentile bootstrap interval from resampling the seeds of every condition
+    independently; ``found`` is the share of resamples in which the curve reaches the target."""
+    xs = sorted(scalar)
+    step = equivalent_step(xs, [float(np.mean(scalar[x])) for x in xs], float(np.mean(condition)), near)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        ys = [float(np.mean(rng.choice(scalar[x], scalar[x].size))) for x in xs]
+        target = float(np.mean(rng.choice(condition, condition.size)))
+        draws.append(equivalent_step(xs, ys, target, near))
+    found = [d for d in draws if d is not None]
+    if len(found) < 0.5 * resamples:
+        return step, None, None, len(found) / resamples
+    low, high = np.percentile(found, [2.5, 97.5])
+    return step, float(low), float(high), len(found) / resamples
+
+
+def describe(values: pd.Series) -> dict:
+    """Mean, SD, bootstrap CI and n of a condition's per-seed values."""
+    x = values.dropna().to_numpy(float)
+    low, high = bootstrap_mean_ci(x) if x.size >= 3 else (None, None)
+    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None,
+            "sd": float(x.std(ddof=1)) if x.size > 1 else None, "ci_low": low, "ci_high": high}
+
+
+def finite(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
