@@ -342,6 +342,3 @@ def main(argv: list[str] | None = None) -> None:
     except HetsEpError as err:
         fail(str(err))
 
-
-if __name__ == "__main__":
-    main()

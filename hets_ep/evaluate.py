@@ -9,6 +9,7 @@ without touching the run. Prints one line per seed and writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -39,35 +40,33 @@ def _overridden(saved, overrides: list[str]):
 
 def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
     """Per seed: loss, accuracy and relaxation diagnostics of the last checkpoint."""
+    from hets_ep.data import load_dataset
     from hets_ep.train import Trainer
 
     if not (run_dir / record.CONFIG).is_file():
         raise HetsEpError(f"{run_dir}: not a run directory (no {record.CONFIG})")
     saved = OmegaConf.load(run_dir / record.CONFIG)
     cfg = _overridden(saved, overrides)
+    trained = dataclasses.replace(_overridden(saved, []), train=cfg.train)
     runtime.configure_xla(cpu_devices=runtime.members_per_device(cfg.train.parallel_seeds))
     runtime.enable_compilation_cache(cache_dir())
-    trained_on = validate(saved)
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(trained, run_dir)
     try:
-        if cfg.dataset.name != trained_on.dataset.name:
-            from hets_ep.data import load_dataset
-
-            d = trained_on.dataset
-            original = load_dataset(d.name, d.root, d.path, 1, d.normalize, 1)
-            if (original.input_shape, original.classes) != (trainer.data.input_shape, trainer.data.classes):
-                raise HetsEpError(f"dataset {cfg.dataset.name} has {trainer.data.classes} classes of "
-                                  f"{trainer.data.input_shape} images; the run was trained on {original.classes} "
-                                  f"classes of {original.input_shape}")
+        data, d = trainer.data, cfg.dataset
+        if d != trained.dataset:
+            data = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
+            if (data.input_shape, data.classes) != (trainer.data.input_shape, trainer.data.classes):
+                raise HetsEpError(f"dataset {d.name} has {data.classes} classes of {data.input_shape} images; the run "
+                                  f"was trained on {trainer.data.classes} classes of {trainer.data.input_shape}")
         if not trainer.restore():
             raise HetsEpError(f"{run_dir}: no checkpoint to evaluate")
-        results = trainer._evaluate(trainer.data.x_test, trainer.data.y_test, time.perf_counter())
+        results = trainer._evaluate(data.x_test, data.y_test, time.perf_counter())
     finally:
         trainer.checkpoints.close()
-    out = [{"seed": m.seed, "epoch": trainer.epoch, "dataset": cfg.dataset.name, "examples": len(trainer.data.x_test),
-            **{k: v for k, v in r.items() if k not in ("finite",) and not k.startswith("nudged")}}
+    out = [{"seed": m.seed, "epoch": trainer.epoch, "dataset": d.name, "examples": len(data.x_test),
+            **{k: v for k, v in r.items() if k != "finite" and not k.startswith("nudged")}}
            for m, r in zip(trainer.members, results)]
-    atomic.write_json(run_dir / f"evaluation-{cfg.dataset.name}.json", out)
+    atomic.write_json(run_dir / f"evaluation-{d.name}.json", out)
     return out
 
 

@@ -51,11 +51,15 @@ class StopSignals:
     def _handle(self, signum, _frame):
         self.received = signum
 
-    @contextlib.contextmanager
-    def installed(self):
+    def install(self) -> None:
+        """Catch the signals from now on (the command line does this before its imports)."""
         if self._depth == 0:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         self._depth += 1
+
+    @contextlib.contextmanager
+    def installed(self):
+        self.install()
         try:
             yield self
         finally:

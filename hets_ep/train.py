@@ -192,12 +192,13 @@ class Trainer:
         return summaries
 
     def _write_setup(self) -> None:
-        """What a run records before its first epoch: each member's dt draw and, for parallel
-        seeds, each member's own config (its seed, one member) as a separate run would hold."""
+        """What a run records before its first epoch: each member's dt draw and its config (for
+        parallel seeds each member's own: its seed, one member, as a separate run would hold;
+        for one seed the config Hydra saved, or this one when trained from Python)."""
         for member in self.members:
             atomic.write_npz(member.dir / record.DT, **{f"layer{i}": d for i, d in enumerate(member.dt)})
-            if len(self.members) > 1:
-                own = dataclasses.replace(self.cfg, seed=member.seed,
+            if len(self.members) > 1 or not (member.dir / record.CONFIG).exists():
+                own = dataclasses.replace(self.cfg, seed=member.seed, resume=False,
                                           train=dataclasses.replace(self.cfg.train, parallel_seeds=1))
                 atomic.write_text(member.dir / record.CONFIG, OmegaConf.to_yaml(OmegaConf.structured(own)))
 

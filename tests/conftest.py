@@ -41,7 +41,7 @@ def batch(mnist):
 def hets_ep(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the ``hets-ep`` command line in a subprocess."""
-    result = subprocess.run([sys.executable, "-m", "hets_ep.cli", *args], cwd=cwd or ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "hets_ep", *args], cwd=cwd or ROOT, capture_output=True,
                             text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"hets-ep {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")

@@ -59,6 +59,9 @@ def test_command_line_basics(capsys):
     alone = hets_ep()
     assert alone.returncode == 2 and "usage: hets-ep COMMAND" in alone.stderr
     assert "unknown command 'fly'" in _fails(capsys, "fly")
+    from hets_ep import __version__
+
+    assert hets_ep("--version", check=True).stdout.strip() == f"hets-ep {__version__}"
     cfg = hets_ep("train", "--cfg", "job", "dt=lognormal", "dt.cv=0.25", check=True)
     assert "dist: lognormal" in cfg.stdout and "cv: 0.25" in cfg.stdout
     assert "hets-ep train" in hets_ep("train", "--help", check=True).stdout
@@ -108,7 +111,7 @@ def test_sigterm_to_the_command_checkpoints_and_resume_is_exact(tmp_path):
     hets_ep("train", *args, f"hydra.run.dir={straight}", check=True)
 
     run_dir = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "hets_ep.cli", "train", *args, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "hets_ep", "train", *args, f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run_dir / record.METRICS, proc)  # epoch 1 is done: the signal lands in epoch 2
     proc.send_signal(signal.SIGTERM)
@@ -130,14 +133,53 @@ def test_rerun_into_a_used_directory_needs_resume(tmp_path, capsys):
     assert (run_dir / record.SUMMARY).read_text() == "{}"
 
 
-def test_resume_by_path_extends_a_finished_run(tmp_path):
+def test_resume_by_path_extends_a_finished_run_in_its_own_folder(tmp_path):
     run_dir = tmp_path / "run"
     hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
     hets_ep("train", "train.epochs=2", "train.progress=false", f"resume={run_dir}",
             f"hydra.run.dir={tmp_path / 'second'}", check=True)
     assert len(record.read_rows(run_dir)) == 2
-    conflict = hets_ep("train", "dt=gamma", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'third'}")
+    assert "seed 0, epoch 2:" in (run_dir / "train.log").read_text()  # its own log shows the extension
+    assert "epochs: 2" in (run_dir / record.CONFIG).read_text()  # and its record what ran
+    assert not (tmp_path / "second").exists()
+    conflict = hets_ep("train", "dt=gamma", f"resume={run_dir}")
     assert conflict.returncode == 2 and "changes dt" in conflict.stderr
+    missing = hets_ep("train", f"resume={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr and not (tmp_path / "nowhere").exists()
+
+
+def test_a_run_that_fails_after_the_config_check_leaves_its_error(tmp_path):
+    run_dir = tmp_path / "run"
+    result = hets_ep("train", *TINY, "dataset.subset=10", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "train.batch_size: 32 exceeds the 10 training examples" in result.stderr
+    summary = record.read_summary(run_dir)
+    assert summary.status == "failed" and "exceeds the 10 training examples" in summary.error
+    assert "exceeds the 10 training examples" in (run_dir / "train.log").read_text()
+    hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)  # nothing to lose: reusable
+
+
+def test_slurm_off_a_cluster_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    assert "submits to Slurm, but sbatch is not on this machine's PATH" in _fails(
+        capsys, "train", "-m", *TINY, "hydra/launcher=slurm", "seed=0,1")
+
+
+def test_an_interrupted_sweep_says_how_to_continue_and_does(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *TINY, "dataset.subset=2000", "seed=0,1,2", "hydra/launcher=basic",
+            "hydra.callbacks.sweep_end.report=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "hets_ep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(sweep / "0" / record.METRICS, proc)  # the first job is in its second epoch
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].endswith(f"continue it with the same command and "
+                                                    f"hydra.sweep.dir={sweep} resume=true")
+    assert record.read_summary(sweep / "0").status == "interrupted" and not (sweep / "2" / record.SUMMARY).exists()
+    hets_ep(*args, "resume=true", check=True)
+    assert [record.read_summary(sweep / str(i)).status for i in range(3)] == ["completed"] * 3
 
 
 def test_gradcheck_command(tmp_path):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_ROOT
-from hets_ep.data import augment, formats, load_dataset, registry, train_batches
+from hets_ep.data import augment, formats, load_dataset, registry, train_batches, validation_split
 from hets_ep.data.download import fetch
-from hets_ep.errors import DataError
+from hets_ep.errors import ConfigError, DataError
 
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
@@ -161,6 +161,36 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
     assert str(dest) in str(err.value) and not dest.exists()
 
 
+def test_offline_a_dataset_names_every_missing_file(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sums = {name: "0" * 64 for name in FILES}
+    monkeypatch.setitem(registry.SOURCES, "fashion_mnist", registry.Source(
+        registry._idx_files((f"http://127.0.0.1:{port}/",), sums), registry._read_idx_dataset))
+    monkeypatch.setenv("HETS_EP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="could not download 4 of the 4 fashion_mnist files") as err:
+        load_dataset("fashion_mnist")
+    assert all(f"{name} from http://127.0.0.1:{port}/{name}" in str(err.value) for name in FILES)
+    assert str(tmp_path / "cache" / "fashion_mnist") in str(err.value)
+
+
+def test_test_subset_keeps_the_first_test_examples():
+    d = load_dataset("mnist", root=str(MNIST_ROOT), subset=100, test_subset=250)
+    full = load_dataset("mnist", root=str(MNIST_ROOT), subset=100)
+    assert len(d.x_test) == 250 and np.array_equal(d.y_test, full.y_test[:250])
+
+
+def test_validation_split_is_per_seed_and_leaves_the_rest_for_training():
+    train, val = validation_split(1000, 100, seed=3)
+    assert len(val) == 100 and len(train) == 900 and not set(train) & set(val)
+    assert np.array_equal(val, validation_split(1000, 100, seed=3)[1])
+    assert not np.array_equal(val, validation_split(1000, 100, seed=4)[1])
+    assert np.array_equal(validation_split(1000, 0, seed=3)[0], np.arange(1000))
+    with pytest.raises(ConfigError, match="dataset.val_size: 1000 leaves none of the 1000"):
+        validation_split(1000, 1000, seed=0)
+
+
 def test_dataset_downloads_into_cache_on_first_use(server, tmp_path, monkeypatch):
     """A registry entry served over HTTP with real bytes: download, verify, read; then offline reuse."""
     sums = {name: _sha(MNIST_ROOT / name) for name in FILES}
@@ -224,11 +254,12 @@ def test_npz_validation(tmp_path, over, message):
         load_dataset("npz", path=str(_npz(tmp_path / "d.npz", **over)))
 
 
-def test_npz_not_a_zip(tmp_path):
+def test_npz_not_a_zip_names_the_format_and_never_pickle(tmp_path):
     bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="bad.npz: not a readable .npz"):
+    bad.write_bytes(b"not a zip, and more than the few bytes numpy sniffs for a pickle")
+    with pytest.raises(DataError, match="bad.npz: not an .npz archive") as err:
         load_dataset("npz", path=str(bad))
+    assert "pickle" not in str(err.value)
 
 
 def test_augment_crops_and_flips_deterministically():

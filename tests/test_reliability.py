@@ -105,7 +105,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     rng, kills = random.Random(0), 0
     while True:
         start = epochs_done()
-        proc = subprocess.Popen([sys.executable, "-m", "hets_ep.cli", "train", *args, "resume=true",
+        proc = subprocess.Popen([sys.executable, "-m", "hets_ep", "train", *args, "resume=true",
                                  f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         if kills >= 10:

@@ -4,6 +4,7 @@ interruption and exact resume."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 
@@ -93,3 +94,70 @@ def test_a_run_directory_with_checkpoints_needs_resume(tmp_path):
     train_here(tmp_path, "train.epochs=1")
     with pytest.raises(Exception, match="already holds checkpoints; pass resume=true"):
         train_here(tmp_path, "train.epochs=1")
+
+
+def test_sigterm_during_evaluation_checkpoints_and_resume_is_exact(tmp_path, caplog):
+    """A signal while the test set is evaluated stops within a batch of evaluation; resuming
+    evaluates that epoch again and ends exactly as a run never interrupted."""
+    caplog.set_level(logging.INFO)
+    args = ("dataset.subset=640", "dataset.test_subset=5000", "train.epochs=2", "train.eval_batch_size=500")
+    train_here(tmp_path / "straight", *args)
+    run_dir = tmp_path / "interrupted"
+    trainer = Trainer(compose([*TINY, *args]), run_dir)
+    original, calls = trainer.eval_step, []
+
+    def eval_step(*a):
+        calls.append(trainer.epoch)
+        if len(calls) == 13:  # epoch 1's evaluation has 10 batches: the 3rd of epoch 2's
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a)
+
+    trainer.eval_step = eval_step
+    with pytest.raises(RunInterrupted):
+        trainer.fit()
+    trainer.checkpoints.close()
+    assert len(calls) == 13 and len(record.read_rows(run_dir)) == 1
+    assert "checkpointed in epoch 2 after batch 20 of 20" in caplog.text
+    train(compose([*TINY, *args, "resume=true"]), run_dir)
+    assert "resumed in epoch 2 after batch 20 of 20" in caplog.text  # the same position, in the same words
+    assert _without_timing(run_dir) == _without_timing(tmp_path / "straight")
+
+
+def test_a_signal_before_the_first_batch_still_leaves_a_resumable_run(tmp_path):
+    from hets_ep import runtime
+
+    with runtime.stop.installed():
+        runtime.stop.received = signal.SIGINT
+        with pytest.raises(RunInterrupted) as stopped:
+            train_here(tmp_path, "train.epochs=1")
+    assert stopped.value.exit_code == 130
+    summary = record.read_summary(tmp_path)
+    assert summary.status == "interrupted" and summary.epochs_completed == 0
+    summary, = train_here(tmp_path, "train.epochs=1", "resume=true")
+    assert summary.status == "completed" and summary.epochs_completed == 1
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, caplog):
+    summary, = train_here(tmp_path, "train.epochs=1", "resume=true")
+    assert summary.status == "completed" and f"resume: no checkpoint in {tmp_path / record.CHECKPOINTS}; starting " \
+                                               "from scratch" in caplog.text
+
+
+def test_validation_split_drives_best_epoch_and_collapses(tmp_path):
+    summary, = train_here(tmp_path, "dataset.val_size=200", "train.epochs=3")
+    rows = record.read_rows(tmp_path)
+    assert all(r.val_acc is not None and 0.1 < r.val_acc <= 1 for r in rows)
+    assert summary.monitor == "val" and summary.best_acc == max(r.val_acc for r in rows)
+    assert summary.test_acc_at_best == rows[summary.best_epoch - 1].test_acc
+    assert [r.best_acc for r in rows] == [max(r.val_acc for r in rows[:i + 1]) for i in range(3)]
+    plain, = train_here(tmp_path / "test", "train.epochs=3", "stability.monitor=test", "dataset.val_size=200")
+    assert plain.monitor == "test" and plain.best_acc == plain.best_test_acc
+
+
+def test_the_validation_split_is_the_seeds_and_the_same_in_every_condition(tmp_path):
+    a = Trainer(compose([*TINY, "dataset.val_size=100"]), tmp_path / "a")
+    b = Trainer(compose([*TINY, "dataset.val_size=100", "dt=lognormal", "dt.cv=0.3"]), tmp_path / "b")
+    c = Trainer(compose([*TINY, "dataset.val_size=100", "seed=1"]), tmp_path / "c")
+    assert np.array_equal(a.members[0].val_index, b.members[0].val_index)
+    assert not np.array_equal(a.members[0].val_index, c.members[0].val_index)
+    assert a.steps_per_epoch == 900 // 32

@@ -19,6 +19,14 @@ from hets_ep.errors import DataError
 _CHUNK = 1 << 20
 
 
+class DownloadError(DataError):
+    """A file could not be fetched from any of its addresses; ``reason`` says why."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -65,7 +73,7 @@ def fetch(urls: tuple[str, ...], dest: Path, sha256: str, timeout: float = 30.0)
             continue
         os.replace(part, dest)
         return dest
-    raise DataError(
+    raise DownloadError(
         f"could not download {dest.name} ({'; '.join(errors)}). If this machine is offline, fetch it on "
-        f"another machine from {urls[0]} and place it at {dest}, or pass dataset.root=DIR with the files"
-    )
+        f"another machine from {urls[0]} and place it at {dest}, or pass dataset.root=DIR with the files",
+        "; ".join(errors))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """A user dataset: ``x_train, y_train, x_test, y_test``; images ``(N, H, W[, C])``."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected an .npz file")
+    if path.exists() and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (numpy.savez writes one: np.savez(path, x_train=…, y_train=…, "
+                        "x_test=…, y_test=…))")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

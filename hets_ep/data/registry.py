@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from hets_ep.data import formats
-from hets_ep.data.download import fetch, verify
+from hets_ep.data.download import DownloadError, fetch, verify
 from hets_ep.errors import DataError
 
 
@@ -114,9 +114,18 @@ def locate(name: str, root: Optional[str] = None) -> dict[str, Path]:
         folder, remedy = _shipped_dir(name), "reinstall hets-ep"
     else:
         folder, remedy = cache_dir() / name, "delete it and run again to download it afresh"
+        failed = []
         for f in source.files:
             if not (folder / f.name).exists():
-                fetch(f.urls, folder / f.name, f.sha256)
+                try:
+                    fetch(f.urls, folder / f.name, f.sha256)
+                except DownloadError as err:
+                    failed.append((f, err))
+        if failed:
+            raise DataError(
+                f"could not download {len(failed)} of the {len(source.files)} {name} files ({failed[0][1].reason}). If "
+                f"this machine is offline, fetch them elsewhere and place them in {folder} (or pass dataset.root=DIR): "
+                + "; ".join(f"{f.name} from {f.urls[0]}" for f, _ in failed))
     paths = {f.name: folder / f.name for f in source.files}
     for f in source.files:
         verify(paths[f.name], f.sha256, remedy)

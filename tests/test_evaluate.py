@@ -1,0 +1,55 @@
+"""`hets-ep evaluate RUN_DIR`: a saved checkpoint evaluated again, here or on another dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import MNIST_ROOT, train_here
+from hets_ep import record
+from hets_ep.errors import HetsEpError
+from hets_ep.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    train_here(run_dir, "train.epochs=1", "dataset.test_subset=2000")
+    return run_dir
+
+
+def test_evaluating_the_last_checkpoint_repeats_the_last_epochs_numbers(run):
+    result, = evaluate(run, [])
+    last = record.read_rows(run)[-1]
+    assert result["epoch"] == 1 and result["examples"] == 2000
+    assert result["acc"] == last.test_acc and result["loss"] == pytest.approx(last.test_loss, rel=1e-6)
+    saved = json.loads((run / "evaluation-mnist.json").read_text())
+    assert saved[0]["acc"] == result["acc"]
+
+
+def test_evaluating_on_another_dataset_of_the_same_shape(run, tmp_path):
+    from hets_ep.data import load_dataset
+
+    mnist = load_dataset("mnist", root=str(MNIST_ROOT), subset=50, test_subset=300)
+    flipped = mnist.x_test[:, :, ::-1, 0]  # mirrored digits: same shape and classes, another dataset
+    path = tmp_path / "mirrored.npz"
+    np.savez(path, x_train=(mnist.x_train[..., 0] * 255).astype(np.uint8), y_train=mnist.y_train,
+             x_test=(flipped * 255).astype(np.uint8), y_test=mnist.y_test)
+    result, = evaluate(run, ["dataset=npz", f"dataset.path={path}"])
+    assert result["dataset"] == "npz" and result["examples"] == 300 and 0.0 <= result["acc"] <= 1.0
+    assert (run / "evaluation-npz.json").is_file()
+
+
+def test_evaluate_refuses_what_it_cannot_do(run, tmp_path):
+    with pytest.raises(HetsEpError, match="evaluate takes dataset=NAME"):
+        evaluate(run, ["train.epochs=3"])
+    with pytest.raises(HetsEpError, match="not a run directory"):
+        evaluate(tmp_path, [])
+    small = tmp_path / "small.npz"
+    np.savez(small, x_train=np.zeros((10, 8, 8), np.uint8), y_train=np.arange(10) % 10,
+             x_test=np.zeros((10, 8, 8), np.uint8), y_test=np.arange(10) % 10)
+    with pytest.raises(HetsEpError, match=r"dataset npz has 10 classes of \(8, 8, 1\) images; the run was trained "
+                                          r"on 10 classes of \(28, 28, 1\)"):
+        evaluate(run, ["dataset=npz", f"dataset.path={small}"])
