@@ -41,6 +41,7 @@ from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, REDRAWS, SAMP
 MAX_COUNT = 10**6
 MAX_WIDTH = 2**16
 MONITORS = ("auto", "val", "test")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -263,6 +264,37 @@ class GradcheckConfig:
 
 
 @dataclasses.dataclass
+class TensorBoardConfig:
+    dir: Optional[str] = None            # default: RUN_DIR/tensorboard
+
+
+@dataclasses.dataclass
+class MLflowConfig:
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"   # any MLflow tracking URI (a server: http://…)
+    experiment: str = "hets-ep"
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    project: str = "hets-ep"
+    entity: Optional[str] = None
+    mode: str = "offline"                # offline (sync later with `wandb sync`) | online | disabled
+    dir: Optional[str] = None            # default: RUN_DIR
+
+    def __post_init__(self):
+        _choice("logger.wandb.mode", self.mode, WANDB_MODES)
+
+
+@dataclasses.dataclass
+class LoggerConfig:
+    """Experiment trackers (the ``logger`` group; none by default): see :mod:`hets_ep.loggers`."""
+
+    tensorboard: Optional[TensorBoardConfig] = None
+    mlflow: Optional[MLflowConfig] = None
+    wandb: Optional[WandbConfig] = None
+
+
+@dataclasses.dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -272,6 +304,7 @@ class Config:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     gradcheck: GradcheckConfig = field(default_factory=GradcheckConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # false | true (continue from this run directory's last checkpoint) | PATH (continue that run)
     resume: Any = False
@@ -293,7 +326,7 @@ class Config:
 
 SCHEMA_NAME = "train_schema"
 # The config groups of conf/ (a choice each) beside the schema's sections.
-CONFIG_GROUPS = ("dataset", "model", "dt", "ep", "optimizer", "train", "stability", "gradcheck", "experiment")
+CONFIG_GROUPS = ("dataset", "model", "dt", "ep", "optimizer", "train", "stability", "gradcheck", "experiment", "logger")
 
 
 def register_schema() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, ep, figures, optim, record, runtime, seeding, stability, steps
+from hets_ep import atomic, ep, figures, loggers, optim, record, runtime, seeding, stability, steps
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
 from hets_ep.data import Dataset, augment, eval_batches, load_dataset, train_batches, validation_split
@@ -112,6 +112,7 @@ class Trainer:
         self.probe = self._make_probe() if cfg.stability.gradcheck_every else None
         self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
+        self.trackers: list[list[loggers.Tracker]] = [[] for _ in self.members]
 
     @property
     def active(self) -> list[int]:
@@ -191,6 +192,22 @@ class Trainer:
                 figures.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
         return summaries
 
+    def _track(self, k: int, call: str, *args) -> None:
+        """Send to member ``k``'s trackers; a tracker that fails is dropped with a warning (a
+        tracking server going away must not stop training)."""
+        for tracker in list(self.trackers[k]):
+            try:
+                getattr(tracker, call)(*args)
+            except Exception as err:  # the trackers' libraries raise anything
+                log.warning("logger %s failed (%s: %s); the run goes on without it", tracker.kind,
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self.trackers[k].remove(tracker)
+
+    def _finish(self, summaries: list[record.Summary]) -> list[record.Summary]:
+        for k, summary in enumerate(summaries):
+            self._track(k, "finish", summary)
+        return summaries
+
     def _write_setup(self) -> None:
         """What a run records before its first epoch: each member's dt draw and its config (for
         parallel seeds each member's own: its seed, one member, as a separate run would hold;
@@ -221,10 +238,11 @@ class Trainer:
             elif self.checkpoints.steps():
                 raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
             self._write_setup()
+            self.trackers = [loggers.build(cfg, m.dir, m.seed, m.dt) for m in self.members]
             self._check_stop(time.perf_counter())
             while self.epoch < cfg.train.epochs and self.active:
                 self._epoch()
-            return self.write("completed")
+            return self._finish(self.write("completed"))
 
     def _epoch(self) -> None:
         """Train and evaluate one epoch for every member still running."""
@@ -315,6 +333,7 @@ class Trainer:
             if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
                 row = dataclasses.replace(row, **self.probe(k))
             member.rows.append(row)
+            self._track(k, "epoch", row)
             log.info("seed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
                      member.seed, row.epoch, row.train_acc, f"val acc {row.val_acc:.4f}, " if va else "",
                      row.test_acc, row.test_fp_residual, row.samples_per_s * len(self.members))
@@ -351,7 +370,7 @@ class Trainer:
         self.save()
         log.warning("received %s: checkpointed in epoch %d after batch %d of %d", signal.Signals(signum).name,
                     self.epoch + 1, self.batch, self.steps_per_epoch)
-        self.write("interrupted")
+        self._finish(self.write("interrupted"))
         raise RunInterrupted(signum, self.dir)
 
 

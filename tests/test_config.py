@@ -31,6 +31,15 @@ def test_every_group_option_composes_to_what_the_python_api_builds(group, option
     assert compose([f"{group}={option}", *(f"{group}.{k}={v}" for k, v in extra.items())]) == expected
 
 
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_every_logger_option_composes(option):
+    chosen = compose([f"logger={option}"]).logger
+    expected = {"many": {"tensorboard", "mlflow"}}.get(option, {option})
+    assert {kind for kind in ("tensorboard", "mlflow", "wandb") if getattr(chosen, kind)} == expected
+    both = compose(["logger=[tensorboard,wandb]"]).logger
+    assert both.tensorboard is not None and both.wandb is not None and both.mlflow is None
+
+
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_preset_composes(option):
     cfg = compose([f"experiment={option}"])
