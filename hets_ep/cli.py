@@ -250,6 +250,10 @@ def _guarded(task):
             log.warning("%s", err)
             if not _in_sweep():
                 _run_errors.append(err)
+            elif err.signum == runtime.submitit_signal():  # a time limit ahead: submitit resubmits the job
+                signal.getsignal(err.signum)(err.signum, None)
+            elif err.signum == signal.SIGTERM and runtime.being_requeued():
+                sys.exit(err.exit_code)  # no result: the sweep waits for Slurm to restart this job
         except HetsEpError as err:
             log.error("%s", err)
             if not record.holds_run(run_dir) and run_dir.is_dir():

@@ -8,7 +8,9 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import signal
+import subprocess
 from pathlib import Path
 
 from hets_ep import __version__, record
@@ -41,8 +43,6 @@ class StopSignals:
     into a traceback); :meth:`installed` nests, restoring the previous handlers on exit.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
         self.received: int | None = None
         self._depth = 0
@@ -52,9 +52,11 @@ class StopSignals:
         self.received = signum
 
     def install(self) -> None:
-        """Catch the signals from now on (the command line does this before its imports)."""
+        """Catch the signals from now on (the command line does this before its imports):
+        SIGINT, SIGTERM and, in a job submitit runs on Slurm, its time-limit warning."""
         if self._depth == 0:
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            signals = [signal.SIGINT, signal.SIGTERM] + ([submitit_signal()] if submitit_signal() else [])
+            self._previous = {s: signal.signal(s, self._handle) for s in signals}
         self._depth += 1
 
     @contextlib.contextmanager
@@ -71,6 +73,29 @@ class StopSignals:
 
 
 stop = StopSignals()
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit's Slurm jobs get before their time limit (USR2 unless configured),
+    in such a job; None elsewhere."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def being_requeued() -> bool:
+    """Whether Slurm is stopping this job to requeue it (pre-emption, ``scontrol requeue``):
+    Slurm counts the restart before it signals, so its count is above the job's own."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id, "-o"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    count = re.search(r"\bRestarts=(\d+)", out)
+    return bool(count) and int(count.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 @contextlib.contextmanager

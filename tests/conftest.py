@@ -75,14 +75,27 @@ def assert_close_trees(a, b, atol=0.0):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A single-node Slurm cluster for the session (tests/slurm_cluster.py)."""
+    from slurm_cluster import Cluster, Unavailable
+
+    try:
+        cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    except Unavailable as why:
+        pytest.skip(f"no local Slurm: {why}")
+    yield cluster
+    cluster.stop()
+
+
 def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (CI=true does too)")
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow or slurm (CI=true does too)")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow") or os.environ.get("CI", "").lower() == "true" or config.getoption("-m"):
         return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI runs them)")
+    skip = pytest.mark.skip(reason="slow or slurm: run with --run-slow (CI runs them)")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords or "slurm" in item.keywords:
             item.add_marker(skip)
