@@ -1,22 +1,41 @@
-"""``hets-ep bench``: throughput of the training step against the device's matmul peak and a
-naive baseline, all measured in the same run.
+"""``hets-ep bench``: throughput of the training step and of whole studies, every ratio between
+figures measured in the same run on the same device.
 
-Workloads (one-sided EP, β = 0.1, T1 = 30, T2 = 10, the MNIST check of Laborieux et al.):
-MLP 784-512-10 at batch 128 and 1024, MLP 784-512-512-10 at batch 128, and the ConvNet on
-32×32×3 inputs at batch 128 (random inputs: throughput does not depend on pixel values).
+**Kernel** (always): one-sided EP, β = 0.1, T1 = 30, T2 = 10 (the MNIST check of Laborieux et
+al.) on MLP 784-512-10 at batch 128 and 1024, MLP 784-512-512-10 and the ConvNet on 32×32×3
+(random inputs: throughput does not depend on pixel values). For each: training samples/s
+(median over repeats, after compilation), compile time, compiled-step memory, matmul FLOPs per
+sample, achieved GFLOP/s against the measured matmul peak, and two baselines: a *naive* one
+(the drive recomputed at every step, one Python iteration per step, as the PyTorch reference
+code does) and a *plain* one (an 80-line ``jit`` + ``lax.scan`` of the same update with scalar
+dt, hand-written fields and no diagnostics). Also K = 8 seeds in one program, and the memory
+of EP and BPTT as T1 grows.
 
-For each: training samples/s (median over repeats, after compilation), compile time, memory
-of the compiled step, matmul FLOPs per sample from the layer shapes and phase lengths,
-achieved GFLOP/s and its fraction of the measured matmul peak (a large ``jnp.dot``). The naive
-baseline recomputes the input drive at every step and loops over steps in Python (a direct
-port of the PyTorch reference implementations). Also measured: K = 8 seeds in one ``vmap``-ed
-program against 8 sequential steps, and the compiled memory of EP and BPTT as T1 grows.
+**Study throughput** (``--study``): seed-samples/s of the two workloads a study runs — the
+large-step preset (energy dynamics, batch 20, T1 100, T2 25) and the default network
+(symmetric EP, batch 32) — under each way of running several seeds on this machine, each in
+fresh processes: one process (XLA's default threading), one process on one XLA thread, K-seed
+``vmap`` on one device, K seeds split over the CPU's cores (what ``train.parallel_seeds`` does),
+N processes on one thread each (what a sweep does by default), and N processes × K/N seeds.
+Also the per-step time at batch 20 and its share of one core's matmul peak.
+
+**Sweep** (``--sweep N``): an N-seed cell of the large-step preset (10k images, 1 epoch) run as
+N separate ``hets-ep train`` processes one after another, and as one ``hets-ep train -m``
+(the default launcher), end to end.
+
+**GPU** (``--gpu``, for ``scripts/gpu_bench.sh``): workload 1 at batch 128 and 1024, 8 and 64
+seeds of the large-step workload at batch 20, the ConvNet at batch 128.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,11 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hets_ep import atomic, ep, steps
-from hets_ep.config import DtConfig, EPConfig
+from hets_ep import atomic, ep, optim, runtime, steps
+from hets_ep.config import DtConfig, EPConfig, OptimizerConfig
 from hets_ep.dynamics import step as dynamics_step
 from hets_ep.models import Network, build_network
-from hets_ep.runtime import versions
 from hets_ep.timeconstants import sample_dt
 
 PHASES = EPConfig("one_sided", beta=0.1, T1=30, T2=10)
@@ -39,6 +57,17 @@ WORKLOADS = {
     "mlp 784-512-10 b1024": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=1024),
     "mlp 784-512-512-10 b128": dict(arch="mlp", hidden=(512, 512), input_shape=(28, 28, 1), batch=128),
     "convnet 32x32x3 b128": dict(arch="convnet", channels=(32, 64), input_shape=(32, 32, 3), batch=128),
+}
+# The two workloads of a study (docs/study2/PLAN.md): what one seed of each computes per batch.
+STUDY = {
+    "large-step preset b20": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=20,
+                                  activation="steep_sigmoid", dynamics="energy", dt=DtConfig("lognormal", 0.8, cv=0.5,
+                                                                                            dt_max=2.0),
+                                  phases=EPConfig("one_sided", beta=1.0, T1=100, T2=25),
+                                  optimizer=OptimizerConfig(lr=[0.1, 0.05], momentum=0.0, schedule="constant")),
+    "default network b32": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=32,
+                                dt=DtConfig("scalar", 0.5), phases=EPConfig("symmetric", beta=0.5, T1=30, T2=10),
+                                optimizer=OptimizerConfig()),
 }
 
 
@@ -64,31 +93,35 @@ def flops_per_sample(net: Network, input_shape, phases: EPConfig) -> float:
     """Drive and first-layer gradient once each; every other layer forward and transposed at
     each step, plus its weight gradient at the two states EP compares."""
     f = net.module.flops(input_shape)
-    steps = phases.T1 + (2 if phases.estimator == "symmetric" else 1) * phases.T2
-    return 2 * f[0] + (2 * steps + 2) * sum(f[1:])
+    n_steps = phases.T1 + (2 if phases.estimator == "symmetric" else 1) * phases.T2
+    return 2 * f[0] + (2 * n_steps + 2) * sum(f[1:])
 
 
-def _setup(spec: dict, members: int = 1):
-    net = build_network(spec["arch"], 10, hidden=spec.get("hidden", (512,)), channels=spec.get("channels", (32, 64)))
+def _network(spec: dict) -> Network:
+    return build_network(spec["arch"], 10, hidden=spec.get("hidden", (512,)), channels=spec.get("channels", (32, 64)),
+                         activation=spec.get("activation", "hard_sigmoid"), dynamics=spec.get("dynamics", "leaky"))
+
+
+def _state(spec: dict, members: int, tx):
+    net = _network(spec)
     shapes = net.state_shapes(spec["input_shape"])
-    params = [net.init(jax.random.key(s), spec["input_shape"]) for s in range(members)]
-    dts = [tuple(map(jnp.asarray, sample_dt(s, DtConfig("lognormal", 0.5, cv=0.5), shapes)[0]))
-           for s in range(members)]
+    params = steps.stack([net.init(jax.random.key(s), spec["input_shape"]) for s in range(members)])
+    dt_spec = spec.get("dt", DtConfig("lognormal", 0.5, cv=0.5))
+    dts = steps.stack([tuple(map(jnp.asarray, sample_dt(s, dt_spec, shapes)[0])) for s in range(members)])
+    state = steps.TrainState(params, jax.vmap(tx.init)(params), steps.zero_sums(members), dts,
+                             jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(members)]),
+                             jnp.zeros((members,), jnp.int32))
     rng = np.random.default_rng(0)
     x = rng.random((members, spec["batch"], *spec["input_shape"]), dtype=np.float32)
     y = rng.integers(0, 10, (members, spec["batch"])).astype(np.int32)
-    return net, steps.stack(params), steps.stack(dts), jnp.asarray(x), jnp.asarray(y)
+    return net, state, steps.Batch(jnp.asarray(x), jnp.asarray(y))
 
 
 def _ours(spec: dict, members: int = 1, phases: EPConfig = PHASES):
-    """``(step, compile_s, memory_bytes)``: the runner's jitted training step, compiled."""
-    net, params, dt, x, y = _setup(spec, members)
+    """``(run, compile_s, memory_bytes)``: the runner's jitted training step, compiled."""
     tx = optax.sgd(0.01)
-    train_step = steps.make_train_step(net, phases, tx, 1e-3)
-    state = steps.TrainState(params, jax.vmap(tx.init)(params), steps.zero_sums(members), dt,
-                             jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(members)]),
-                             jnp.zeros((members,), jnp.int32))
-    batch = steps.Batch(x, y)
+    net, state, batch = _state(spec, members, tx)
+    train_step = steps.make_train_step(net, phases, tx, 1e-2)
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -105,16 +138,16 @@ def _ours(spec: dict, members: int = 1, phases: EPConfig = PHASES):
 
 
 def _naive(spec: dict, phases: EPConfig = PHASES):
-    """The baseline: one jitted step per Python iteration, the drive recomputed inside."""
-    net, params, dt, x, y = _setup(spec)
-    params, dt, x, y = (jax.tree.map(lambda a: a[0], t) for t in (params, dt, x, y))
+    """The naive baseline: one jitted step per Python iteration, the drive recomputed inside."""
+    tx = optax.sgd(0.01)
+    net, state, batch = _state(spec, 1, tx)
+    params, dt, x, y = (steps.member(t, 0) for t in (state.params, state.dt, batch.x, batch.y))
 
     @jax.jit
     def one_step(params, s, beta):
         return dynamics_step(net, params, net.drive(params, x), s, dt, beta, y)[0]
 
     gradient = jax.jit(lambda p, s1, s0, beta: ep.energy_gradient_difference(net, p, x, y, s1, beta, s0, None))
-    tx = optax.sgd(0.01)
     update = jax.jit(lambda g, o, p: tx.update(g, o, p))
     opt_state = tx.init(params)
     beta = jnp.float32(phases.beta)
@@ -134,36 +167,75 @@ def _naive(spec: dict, phases: EPConfig = PHASES):
     return run
 
 
-def _device_peak_bytes():
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+def _plain(spec: dict, phases: EPConfig = PHASES, dt: float = 0.5):
+    """The plain baseline for an MLP with one hidden layer: the same leaky hard-sigmoid update
+    and one-sided EP step, written directly as ``jit`` + ``lax.scan`` with a scalar dt and no
+    diagnostics, accumulators or per-neuron steps."""
+    batch, hidden = spec["batch"], spec["hidden"][0]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((batch, int(np.prod(spec["input_shape"]))), dtype=np.float32))
+    target = jax.nn.one_hot(jnp.asarray(rng.integers(0, 10, batch)), 10)
+    w1 = jnp.asarray(rng.uniform(-1, 1, (x.shape[1], hidden)).astype(np.float32)) / np.sqrt(x.shape[1])
+    w2 = jnp.asarray(rng.uniform(-1, 1, (hidden, 10)).astype(np.float32)) / np.sqrt(hidden)
+    params = (w1, jnp.zeros(hidden), w2, jnp.zeros(10))
+
+    @jax.jit
+    def train_step(params):
+        w1, b1, w2, b2 = params
+        drive = x @ w1 + b1
+
+        def relax(s, beta, n):
+            def body(s, _):
+                h, o = s
+                h = h + dt * (jnp.clip(drive + o @ w2.T, 0, 1) - h)
+                o = o + dt * (jnp.clip(h @ w2 + b2 + beta * (target - o), 0, 1) - o)
+                return (h, o), None
+            return jax.lax.scan(body, s, length=n)[0]
+
+        free = relax((jnp.zeros((batch, hidden)), jnp.zeros((batch, 10))), 0.0, phases.T1)
+        nudged = relax(free, phases.beta, phases.T2)
+        scale = 0.01 / (phases.beta * batch)
+        dh, do = nudged[0] - free[0], nudged[1] - free[1]
+        return (w1 + scale * x.T @ dh, b1 + scale * dh.sum(0),
+                w2 + scale * (nudged[0].T @ nudged[1] - free[0].T @ free[1]), b2 + scale * do.sum(0))
+
+    def run():
+        nonlocal params
+        params = train_step(params)
+        jax.block_until_ready(params)
+
+    run()
+    return run
 
 
-def bench(repeats: int = 5, batches: int = 10, naive_repeats: int = 3, quick: bool = False) -> dict:
+def kernel(repeats: int = 5, batches: int = 10, quick: bool = False) -> dict:
+    """The kernel section (see the module docstring)."""
     peak = matmul_peak()
-    results = {"device": versions()["device"], "versions": versions(), "matmul_peak_gflops": peak, "workloads": {}}
+    results = {"device": runtime.versions()["device"], "versions": runtime.versions(), "matmul_peak_gflops": peak,
+               "workloads": {}}
     for name, spec in WORKLOADS.items():
         if quick and name != "mlp 784-512-10 b128":
             continue
         run, compile_s, nbytes = _ours(spec)
         run()
         seconds = _timeit(lambda: [run() for _ in range(batches)], repeats) / batches
-        net = _setup(spec)[0]
-        flops = flops_per_sample(net, spec["input_shape"], PHASES)
+        flops = flops_per_sample(_network(spec), spec["input_shape"], PHASES)
         samples_per_s = spec["batch"] / seconds
-        naive = _naive(spec)
-        naive_s = _timeit(naive, naive_repeats)
-        results["workloads"][name] = {
-            "batch": spec["batch"], "samples_per_s": samples_per_s, "compile_s": compile_s,
-            "step_memory_bytes": nbytes, "flops_per_sample": flops, "gflops": flops * samples_per_s / 1e9,
-            "fraction_of_peak": flops * samples_per_s / 1e9 / peak,
-            "naive_samples_per_s": spec["batch"] / naive_s, "speedup_vs_naive": naive_s / seconds,
-        }
-        print(f"{name:<26} {samples_per_s:>11,.0f} samples/s  {flops * samples_per_s / 1e9:7.1f} GFLOP/s "
-              f"({100 * flops * samples_per_s / 1e9 / peak:4.1f}% of peak)  {naive_s / seconds:5.1f}× naive", flush=True)
+        naive_s = _timeit(_naive(spec), max(2, repeats // 2))
+        row = {"batch": spec["batch"], "samples_per_s": samples_per_s, "compile_s": compile_s,
+               "step_memory_bytes": nbytes, "flops_per_sample": flops, "gflops": flops * samples_per_s / 1e9,
+               "fraction_of_peak": flops * samples_per_s / 1e9 / peak,
+               "naive_samples_per_s": spec["batch"] / naive_s, "speedup_vs_naive": naive_s / seconds}
+        if spec["arch"] == "mlp" and len(spec["hidden"]) == 1:
+            plain = _plain(spec)
+            plain_s = _timeit(lambda: [plain() for _ in range(batches)], repeats) / batches
+            row.update(plain_samples_per_s=spec["batch"] / plain_s, speedup_vs_plain=plain_s / seconds)
+        results["workloads"][name] = row
+        print(f"{name:<26} {samples_per_s:>11,.0f} samples/s  {row['gflops']:7.1f} GFLOP/s "
+              f"({100 * row['fraction_of_peak']:4.1f}% of peak)  {row['speedup_vs_naive']:5.1f}× naive"
+              + (f"  {row['speedup_vs_plain']:4.2f}× plain" if "speedup_vs_plain" in row else ""), flush=True)
 
-    spec = WORKLOADS["mlp 784-512-10 b128"]
-    k = 8
+    spec, k = WORKLOADS["mlp 784-512-10 b128"], 8
     vmapped, _, _ = _ours(spec, members=k)
     single, _, _ = _ours(spec, members=1)
     vmapped(), single()
@@ -171,33 +243,168 @@ def bench(repeats: int = 5, batches: int = 10, naive_repeats: int = 3, quick: bo
     t_sequential = _timeit(lambda: [single() for _ in range(k)], repeats)
     results["parallel_seeds"] = {"K": k, "vmapped_s": t_vmapped, "sequential_s": t_sequential,
                                  "speedup": t_sequential / t_vmapped}
-    print(f"{k} seeds in one program: {t_sequential / t_vmapped:.2f}× the speed of {k} sequential steps", flush=True)
-
+    print(f"{k} seeds in one program (one device): {t_sequential / t_vmapped:.2f}× the speed of {k} sequential steps",
+          flush=True)
     results["memory_vs_T1"] = {}
     for estimator in ("one_sided", "bptt"):
         for t1 in (30, 300) if quick else (30, 100, 300):
             _, _, nbytes = _ours(spec, phases=EPConfig(estimator, beta=0.1, T1=t1, T2=10))
             results["memory_vs_T1"][f"{estimator} T1={t1}"] = nbytes
     print("compiled step memory:", ", ".join(f"{k}: {v / 2**20:.1f} MiB" for k, v in results["memory_vs_T1"].items()
-                                             if v is not None))
-    results["device_peak_bytes"] = _device_peak_bytes()
+                                             if v is not None), flush=True)
     return results
 
 
+# -- study throughput: each measurement in fresh processes -----------------------------------------
+
+def measure(workload: str, members: int, batches: int, cpu_devices: int = 1) -> dict:
+    """Steady-state seed-samples/s of ``members`` seeds of a study workload in this process."""
+    runtime.configure_xla(cpu_devices=cpu_devices)
+    from hets_ep.placement import Placement
+
+    spec = STUDY[workload]
+    net = _network(spec)
+    params0 = net.init(jax.random.key(0), spec["input_shape"])
+    tx = optim.build(spec["optimizer"], params0, 500, 10)
+    _, state, batch = _state(spec, members, tx)
+    place = Placement(members, spec["batch"], spec["batch"])
+    state, batch = place.members(state), steps.Batch(place.batch(batch.x), place.batch(batch.y))
+    train_step = steps.make_train_step(net, spec["phases"], tx, 1e-2)
+    for _ in range(3):
+        state = train_step(state, batch)
+    jax.block_until_ready(state)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(batches):
+            state = train_step(state, batch)
+        jax.block_until_ready(state)
+        rates.append(members * spec["batch"] * batches / (time.perf_counter() - start))
+    return {"seed_samples_per_s": statistics.median(rates), "devices": len(jax.devices())}
+
+
+def _measure_in(processes: int, workload: str, members: int, batches: int, single_thread: bool,
+                cpu_devices: int = 1) -> float:
+    """Total seed-samples/s of ``processes`` fresh processes measuring at the same time."""
+    env = dict(os.environ)
+    if single_thread:
+        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *runtime.SINGLE_THREAD_FLAGS]).strip()
+    cmd = [sys.executable, "-m", "hets_ep.bench", "--measure", workload, str(members), str(batches),
+           str(cpu_devices)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(processes)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"bench measurement failed: {' '.join(cmd)}")
+    return sum(json.loads(out.strip().splitlines()[-1])["seed_samples_per_s"] for out in outs)
+
+
+def study(batches: int = 200, quick: bool = False) -> dict:
+    """The study-throughput section (see the module docstring)."""
+    n = runtime.cores()
+    out = {"cores": n, "workloads": {}}
+    for workload, spec in STUDY.items():
+        b = batches if "b20" in workload else batches * 2
+        modes = {"one process": (1, 1, False, 1), "one process, one XLA thread": (1, 1, True, 1)}
+        for k in (2, 4, 8) if not quick else (8,):
+            modes[f"{k} seeds vmap, one device"] = (1, k, False, 1)
+            modes[f"{k} seeds across the cores (parallel_seeds)"] = (1, k, False, runtime.members_per_device(k))
+        modes[f"{n} processes × 1 thread (sweep default)"] = (n, 1, True, 1)
+        modes[f"{n} processes × 1 thread × {8 // n} seeds"] = (n, max(1, 8 // n), True, 1)
+        rows = {}
+        for mode, (procs, members, single, devices) in modes.items():
+            rate = _measure_in(procs, workload, members, max(10, b // members), single, devices)
+            rows[mode] = {"processes": procs, "seeds_per_process": members, "single_thread": single,
+                          "cpu_devices": devices, "seed_samples_per_s": rate}
+        base = rows["one process"]["seed_samples_per_s"]
+        for row in rows.values():
+            row["ratio"] = row["seed_samples_per_s"] / base
+        steps_per_batch = spec["phases"].T1 + (2 if spec["phases"].estimator == "symmetric" else 1) * spec["phases"].T2
+        single = rows["one process, one XLA thread"]["seed_samples_per_s"]
+        step_s = spec["batch"] / single / steps_per_batch
+        hidden_flops = 2 * 2 * spec["batch"] * spec["hidden"][0] * 10
+        out["workloads"][workload] = {"modes": rows, "per_step_s_one_thread": step_s,
+                                      "per_step_mflop": hidden_flops / 1e6}
+        for mode, row in rows.items():
+            print(f"{workload:<22} {mode:<44} {row['seed_samples_per_s']:>10,.0f} seed-samples/s "
+                  f"{row['ratio']:5.2f}×", flush=True)
+    peak = json.loads(subprocess.run(
+        [sys.executable, "-m", "hets_ep.bench", "--one-core-peak"], capture_output=True, text=True,
+        env={**os.environ, "XLA_FLAGS": " ".join(runtime.SINGLE_THREAD_FLAGS)}).stdout.strip().splitlines()[-1])
+    out["one_core_matmul_peak_gflops"] = peak
+    for row in out["workloads"].values():
+        row["per_step_fraction_of_one_core_peak"] = row["per_step_mflop"] * 1e6 / row["per_step_s_one_thread"] / 1e9 / peak
+    return out
+
+
+def sweep(seeds: int = 8) -> dict:
+    """End to end: an N-seed cell as N separate processes one after another, and as one multirun."""
+    args = ["train.progress=false", "experiment=study2_large_step", "dt=lognormal", "train.epochs=1",
+            "hydra.callbacks.sweep_end.report=false"]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for seed in range(seeds):
+            subprocess.run([sys.executable, "-m", "hets_ep", "train", *args, f"seed={seed}",
+                            f"hydra.run.dir={tmp}/one/{seed}"], check=True, capture_output=True)
+        separate = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hets_ep", "train", "-m", *args, f"seed={','.join(map(str, range(seeds)))}",
+                        f"hydra.sweep.dir={tmp}/sweep"], check=True, capture_output=True)
+        multirun = time.perf_counter() - start
+    print(f"{seeds}-seed cell: {separate:.0f} s as separate processes, {multirun:.0f} s as one sweep: "
+          f"{separate / multirun:.2f}×", flush=True)
+    return {"seeds": seeds, "separate_processes_s": separate, "multirun_s": multirun, "speedup": separate / multirun}
+
+
+def gpu(repeats: int = 5) -> dict:
+    """The GPU section: workload 1 at batch 128 and 1024, 8 and 64 seeds of the large-step
+    workload at batch 20, the ConvNet at batch 128."""
+    out = {"device": runtime.versions()["device"], "versions": runtime.versions(), "workloads": {}}
+    for name in ("mlp 784-512-10 b128", "mlp 784-512-10 b1024", "convnet 32x32x3 b128"):
+        run, compile_s, _ = _ours(WORKLOADS[name])
+        run()
+        seconds = _timeit(lambda: [run() for _ in range(10)], repeats) / 10
+        out["workloads"][name] = {"samples_per_s": WORKLOADS[name]["batch"] / seconds, "compile_s": compile_s}
+        print(f"{name:<26} {WORKLOADS[name]['batch'] / seconds:>12,.0f} samples/s", flush=True)
+    for k in (8, 64):
+        rate = measure("large-step preset b20", k, 20)["seed_samples_per_s"]
+        out["workloads"][f"large-step preset b20 × {k} seeds"] = {"seed_samples_per_s": rate}
+        print(f"large-step preset b20 × {k:<3} seeds {rate:>12,.0f} seed-samples/s", flush=True)
+    return out
+
+
 def markdown(results: dict) -> str:
-    rows = [f"Device: {results['device']} (jax {results['versions']['jax']}); measured matmul peak "
-            f"{results['matmul_peak_gflops']:.1f} GFLOP/s (float32).", "",
-            "| workload | samples/s | compile s | step memory MiB | MFLOP/sample | GFLOP/s | % of peak | × naive |",
-            "|---|---|---|---|---|---|---|---|"]
-    for name, r in results["workloads"].items():
+    k = results["kernel"]
+    rows = [f"Device: {k['device']} (jax {k['versions']['jax']}); measured matmul peak "
+            f"{k['matmul_peak_gflops']:.1f} GFLOP/s (float32).", "",
+            "| workload | samples/s | compile s | step memory MiB | MFLOP/sample | GFLOP/s | % of peak | × naive | × plain |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in k["workloads"].items():
         mem = "–" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2**20:.1f}"
+        plain = f"{r['speedup_vs_plain']:.2f}" if "speedup_vs_plain" in r else "–"
         rows.append(f"| {name} | {r['samples_per_s']:,.0f} | {r['compile_s']:.1f} | {mem} | "
                     f"{r['flops_per_sample'] / 1e6:.2f} | {r['gflops']:.1f} | {100 * r['fraction_of_peak']:.1f} | "
-                    f"{r['speedup_vs_naive']:.1f} |")
-    p = results["parallel_seeds"]
-    rows += ["", f"{p['K']} seeds in one vmap-ed program: {p['speedup']:.2f}× the throughput of {p['K']} "
-                 "sequential single-seed steps.", "", "| compiled training step | memory MiB |", "|---|---|"]
-    rows += [f"| {k} | {v / 2**20:.1f} |" for k, v in results["memory_vs_T1"].items() if v is not None]
+                    f"{r['speedup_vs_naive']:.1f} | {plain} |")
+    p = k["parallel_seeds"]
+    rows += ["", f"{p['K']} seeds in one vmap-ed program on one device: {p['speedup']:.2f}× the throughput of "
+                 f"{p['K']} sequential single-seed steps.", "", "| compiled training step | memory MiB |", "|---|---|"]
+    rows += [f"| {name} | {v / 2**20:.1f} |" for name, v in k["memory_vs_T1"].items() if v is not None]
+    if "study" in results:
+        s = results["study"]
+        rows += ["", f"Study throughput on {s['cores']} cores (seed-samples/s; ratio to one process):", "",
+                 "| workload | mode | seed-samples/s | ratio |", "|---|---|---|---|"]
+        for workload, w in s["workloads"].items():
+            rows += [f"| {workload} | {mode} | {r['seed_samples_per_s']:,.0f} | {r['ratio']:.2f}× |"
+                     for mode, r in w["modes"].items()]
+        rows += [""] + [f"- {workload}: {1e6 * w['per_step_s_one_thread']:.1f} µs per relaxation step on one XLA "
+                        f"thread ({w['per_step_mflop']:.2f} MFLOP of layer products: "
+                        f"{100 * w['per_step_fraction_of_one_core_peak']:.1f}% of one core's measured matmul peak, "
+                        f"{s['one_core_matmul_peak_gflops']:.0f} GFLOP/s)" for workload, w in s["workloads"].items()]
+    if "sweep" in results:
+        w = results["sweep"]
+        rows += ["", f"A {w['seeds']}-seed cell of the large-step preset (10k images, 1 epoch), end to end: "
+                     f"{w['separate_processes_s']:.0f} s as separate processes one after another, "
+                     f"{w['multirun_s']:.0f} s as one `hets-ep train -m`: {w['speedup']:.2f}×."]
     return "\n".join(rows) + "\n"
 
 
@@ -205,9 +412,32 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="hets-ep bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.json"), help="JSON of all figures")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="only the first workload (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="fewer workloads and modes (a smoke test)")
+    parser.add_argument("--study", action="store_true", help="also the study-throughput section (minutes)")
+    parser.add_argument("--sweep", type=int, default=0, metavar="N",
+                        help="also time an N-seed cell end to end, separate processes against one sweep (minutes)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU section only (scripts/gpu_bench.sh)")
+    parser.add_argument("--measure", nargs=4, metavar=("WORKLOAD", "SEEDS", "BATCHES", "DEVICES"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--one-core-peak", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    results = bench(repeats=args.repeats, quick=args.quick)
+    if args.measure:
+        workload, members, batches, devices = args.measure
+        print(json.dumps(measure(workload, int(members), int(batches), int(devices))))
+        return
+    if args.one_core_peak:
+        print(json.dumps(matmul_peak(1024)))
+        return
+    if args.gpu:
+        results = gpu(args.repeats)
+        atomic.write_json(args.out, results)
+        print(f"figures written to {args.out}")
+        return
+    results = {"kernel": kernel(repeats=args.repeats, quick=args.quick)}
+    if args.study:
+        results["study"] = study(batches=40 if args.quick else 200, quick=args.quick)
+    if args.sweep:
+        results["sweep"] = sweep(args.sweep)
     atomic.write_json(args.out, results)
     print()
     print(markdown(results))

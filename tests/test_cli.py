@@ -189,3 +189,15 @@ def test_gradcheck_command(tmp_path):
     assert set(report["estimators"]) == {"one_sided", "random_sign", "symmetric"}
     assert min(v["cosine"] for v in report["estimators"]["symmetric"].values()) > 0.99
     assert "symmetric" in result.stdout
+
+
+def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
+    """Sweeps run one job per core on one XLA thread each (hydra/launcher=parallel): the same
+    numbers as the jobs run in this order in one process with XLA's default threading."""
+    args = ["train", "-m", *TINY, "train.epochs=1", "seed=0,1", "dt=scalar,lognormal", "dt.mean=0.3",
+            "hydra.callbacks.sweep_end.report=false"]
+    hets_ep(*args, f"hydra.sweep.dir={tmp_path / 'parallel'}", check=True)
+    hets_ep(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'sequential'}", check=True)
+    for job in range(4):
+        assert metrics_without_timing(tmp_path / "parallel" / str(job) / record.METRICS) == \
+            metrics_without_timing(tmp_path / "sequential" / str(job) / record.METRICS)

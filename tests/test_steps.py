@@ -60,12 +60,14 @@ def test_eval_step_masks_padding_and_shares_the_batch(mnist):
 @pytest.mark.parametrize("case", range(2))
 def test_runs_reproduce_the_metrics_recorded_at_the_redesign(tmp_path, case):
     """Two short runs (scalar dt: the samplers changed since) recorded by the shell redesign,
-    which reproduced hets-ep 0.1.0 bit for bit (tests/data/reference_metrics.json): later
-    changes keep the numbers (bit for bit on the machine that recorded them)."""
+    which reproduced hets-ep 0.1.0 bit for bit (tests/data/reference_metrics.json). Later changes
+    keep the numbers to float rounding (training no longer tracks the oscillation window, so XLA
+    fuses its steps differently: about 1e-7 relative); the oscillation count, a count of sign
+    flips, moves by a few flips in 10^5."""
     reference = json.loads((ROOT / "tests" / "data" / "reference_metrics.json").read_text())["runs"][case]
     train_here(tmp_path, *reference["overrides"])
     rows = [{k: getattr(r, k) for k in reference["rows"][0]} for r in record.read_rows(tmp_path)]
     assert len(rows) == len(reference["rows"])
     for got, want in zip(rows, reference["rows"]):
         for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            assert got[key] == pytest.approx(value, rel=1e-3 if key == "test_oscillation" else 1e-5, abs=1e-7), key
