@@ -73,15 +73,36 @@ def family(name: str, c: float):
     return stats.gamma(a=1.0 / c**2, scale=c**2)
 
 
+def _truncated_ppf(dist, u: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``Z`` at uniforms ``u`` for ``dist`` truncated to ``[lo, hi]``, by inverse CDF.
+
+    Above the median the survival function keeps the precision the CDF loses there. Where the
+    window holds too little mass to resolve (a far tail, or a window narrow next to the
+    family's scale) the density is log-linear across it, ``p(z) ∝ exp(t (z − lo)/(hi − lo))``
+    with ``t = log p(hi) − log p(lo)``: the draws crowd the nearer bound in a tail and spread
+    uniformly in the bulk, as the exact truncated family does in those limits.
+    """
+    upper = dist.cdf(lo) > 0.5
+    p_lo, p_hi = (dist.sf(lo), dist.sf(hi)) if upper else (dist.cdf(lo), dist.cdf(hi))
+    if abs(p_hi - p_lo) > 1e-9 * max(p_lo, p_hi):
+        return dist.isf(p_lo - u * (p_lo - p_hi)) if upper else dist.ppf(p_lo + u * (p_hi - p_lo))
+    log_lo, log_hi = dist.logpdf(lo), dist.logpdf(hi)
+    if not (np.isfinite(log_lo) or np.isfinite(log_hi)):  # the window lies outside the support
+        return np.full_like(u, hi if hi <= dist.support()[0] else lo)
+    t = float(np.clip(np.nan_to_num(log_hi - log_lo, posinf=700.0, neginf=-700.0), -700.0, 700.0))
+    if abs(t) < 1e-9:
+        g = u
+    elif t > 0:
+        g = 1.0 + np.log(u + (1.0 - u) * math.exp(-t)) / t
+    else:
+        g = np.log1p(u * math.expm1(t)) / t
+    return lo + (hi - lo) * g
+
+
 def _truncated(u: np.ndarray, name: str, c: float, a: float, spec: DtConfig) -> np.ndarray:
     """``dt_i`` for uniforms ``u_i``: the family at shape ``c`` and scale ``a``, truncated to the bounds."""
-    dist = family(name, c)
     lo, hi = (spec.dt_min / a, spec.dt_max / a) if spec.sample == "dt" else (a / spec.dt_max, a / spec.dt_min)
-    f_lo, f_hi = dist.cdf(lo), dist.cdf(hi)
-    if f_hi - f_lo < 1e-12:  # no mass left inside: every draw at the nearer bound
-        z = np.full_like(u, lo if f_lo >= 1.0 - 1e-12 else hi)
-    else:
-        z = np.clip(dist.ppf(f_lo + u * (f_hi - f_lo)), lo, hi)
+    z = np.clip(_truncated_ppf(family(name, c), u, lo, hi), lo, hi)
     dt = a * z if spec.sample == "dt" else a / z
     return np.clip(dt, spec.dt_min, spec.dt_max)  # round-off only
 
@@ -124,12 +145,13 @@ def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tup
     def realised_cv(c):
         return _weighted_stats(_truncated(u, name, c, scale(c), spec), weights)[1]
 
+    unreachable_mean = ConfigError(f"dt.mean: {name} with cv {spec.cv} truncated to [{spec.dt_min}, {spec.dt_max}] "
+                                   f"cannot reach mean {spec.mean}; lower dt.cv or widen dt.dt_min/dt.dt_max")
     if not spec.match_cv:
         try:
             return spec.cv, scale(spec.cv)
         except _Unreachable:
-            raise ConfigError(f"dt.mean: {name} with cv {spec.cv} truncated to [{spec.dt_min}, {spec.dt_max}] "
-                              f"cannot reach mean {spec.mean}; lower dt.cv or widen dt.dt_min/dt.dt_max") from None
+            raise unreachable_mean from None
     # The realised cv grows with c until the family is flat over the bounds. Bracket the
     # request by stepping c from the requested cv (down if the draw already exceeds it, as a
     # finite sample may), then solve in between.
@@ -139,11 +161,14 @@ def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tup
         return c, scale(c)
 
     c = spec.cv
-    if realised_cv(c) >= spec.cv:
+    try:
+        reached = realised_cv(c)
+    except _Unreachable:
+        raise unreachable_mean from None
+    if reached >= spec.cv:
         while realised_cv(c / _C_STEP) >= spec.cv:
             c /= _C_STEP
         return solve_between(c / _C_STEP, c)
-    reached = 0.0
     while c * _C_STEP <= _C_MAX:
         try:
             cv = realised_cv(c * _C_STEP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,19 @@ def _mnist_root() -> Path:
 
 
 MNIST_ROOT = _mnist_root()
+
+# One compilation cache for the whole session, this process and the commands it starts: the
+# tests compile the same small programs many times (HETS_EP_CACHE also holds downloads, which
+# the tests never make outside their own temporary folders).
+os.environ.setdefault("HETS_EP_CACHE", tempfile.mkdtemp(prefix="hets-ep-test-cache-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache():
+    from hets_ep import runtime
+    from hets_ep.data.registry import cache_dir
+
+    runtime.enable_compilation_cache(cache_dir())
 
 
 @pytest.fixture(scope="session")
