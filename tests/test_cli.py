@@ -76,6 +76,7 @@ def test_a_run_through_the_command_line_writes_its_log_and_config(tmp_path):
     assert record.is_run(run_dir) and record.read_summary(run_dir).status == "completed"
 
 
+@pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_multirun_with_joblib_and_a_diverging_job(tmp_path):
     """Job 1 flags |s| > 0.5 as an exploding state (hard-sigmoid states reach 1): it stops as
     diverged, and the sweep goes on."""
@@ -88,6 +89,7 @@ def test_multirun_with_joblib_and_a_diverging_job(tmp_path):
     assert summaries[1].stability["diverged_epoch"] == 1
 
 
+@pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     result = hets_ep("train", "-m", *TINY, "train.epochs=1", "hydra/launcher=submitit_local",
@@ -105,6 +107,7 @@ def _wait_for(path, proc, timeout=300):
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_sigterm_to_the_command_checkpoints_and_resume_is_exact(tmp_path):
     args = [*TINY, "dataset.subset=4000", "train.epochs=2", "train.batch_size=16"]
     straight = tmp_path / "straight"
@@ -165,6 +168,7 @@ def test_slurm_off_a_cluster_is_one_line(capsys, monkeypatch):
         capsys, "train", "-m", *TINY, "hydra/launcher=slurm", "seed=0,1")
 
 
+@pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_an_interrupted_sweep_says_how_to_continue_and_does(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["train", "-m", *TINY, "dataset.subset=2000", "seed=0,1,2", "hydra/launcher=basic",
@@ -191,6 +195,7 @@ def test_gradcheck_command(tmp_path):
     assert "symmetric" in result.stdout
 
 
+@pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
     """Sweeps run one job per core on one XLA thread each (hydra/launcher=parallel): the same
     numbers as the jobs run in this order in one process with XLA's default threading."""
