@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from hets_ep import ep
 from hets_ep.dynamics import relax, step

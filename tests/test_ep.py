@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from hets_ep import ep
-from hets_ep.dynamics import relax, step
 from hets_ep.models import build_network
-from hets_ep.models.activations import steep_sigmoid
 from hets_ep.config import DtConfig, EPConfig
 from hets_ep.timeconstants import sample_dt
 
@@ -70,7 +68,8 @@ def test_random_sign_uses_both_signs(batch):
     x, y = batch
     net, params, dt = _setup(x.shape[1:], hidden=(64,), activation="steep_sigmoid")
     phases = EPConfig("random_sign", beta=0.3, T1=60, T2=30)
-    plus = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, dataclasses.replace(phases, estimator="one_sided"))
+    plus = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt,
+                          dataclasses.replace(phases, estimator="one_sided"))
     grads = [ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, phases, jax.random.key(k)).grads
              for k in range(8)]
     same = [all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(plus.grads))) for g in grads]
