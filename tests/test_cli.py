@@ -136,6 +136,7 @@ def test_rerun_into_a_used_directory_needs_resume(tmp_path, capsys):
     assert (run_dir / record.SUMMARY).read_text() == "{}"
 
 
+@pytest.mark.slow  # a run and its extension (CI runs it)
 def test_resume_by_path_extends_a_finished_run_in_its_own_folder(tmp_path):
     run_dir = tmp_path / "run"
     hets_ep("train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}", check=True)
@@ -186,6 +187,7 @@ def test_an_interrupted_sweep_says_how_to_continue_and_does(tmp_path):
     assert [record.read_summary(sweep / str(i)).status for i in range(3)] == ["completed"] * 3
 
 
+@pytest.mark.slow  # a gradient check through the command line (CI runs it)
 def test_gradcheck_command(tmp_path):
     result = hets_ep("gradcheck", TINY[1], "model.hidden=[64]", "model.activation=steep_sigmoid", "ep.T1=200",
                      "ep.T2=100", "ep.beta=0.05", "gradcheck.batch_size=16", f"hydra.run.dir={tmp_path}", check=True)

@@ -9,6 +9,8 @@ import pytest
 from conftest import TINY, hets_ep, metrics_without_timing
 from hets_ep import record
 
+pytestmark = pytest.mark.slow  # separate runs and parallel ones of the same seeds (CI runs them)
+
 
 def _assert_same_run(a, b):
     rows_a, rows_b = metrics_without_timing(a), metrics_without_timing(b)
@@ -35,7 +37,7 @@ def separate(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("seeds", [pytest.param(3, marks=pytest.mark.slow), 2])
+@pytest.mark.parametrize("seeds", [3, 2])
 def test_parallel_seeds_equal_separate_runs(separate, tmp_path, seeds):
     """Two seeds split the 2-core CPU into two devices, one seed each; three seeds share one."""
     result = hets_ep("train", *ARGS, "seed=4", f"train.parallel_seeds={seeds}", f"hydra.run.dir={tmp_path}",

@@ -89,6 +89,7 @@ def _runs(root, **keys):
     return out
 
 
+@pytest.mark.slow  # a 13-run sweep (CI runs it)
 def test_per_seed_table_and_paired_tests_equal_direct_computations(sweep, tmp_path):
     out = tmp_path / "report"
     hets_ep("report", str(sweep / "grid"), "--out", str(out), "--match", "dt.mean", check=True)
@@ -114,6 +115,7 @@ def test_per_seed_table_and_paired_tests_equal_direct_computations(sweep, tmp_pa
         assert (out / name).stat().st_size > 10_000, name
 
 
+@pytest.mark.slow  # a 13-run sweep (CI runs it)
 def test_runs_of_another_context_are_not_paired(sweep, tmp_path):
     """A run on another dataset size has no baseline of its own context: said, not compared."""
     out = tmp_path / "report"
@@ -162,6 +164,7 @@ def test_report_on_an_empty_or_foreign_directory(tmp_path):
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 
+@pytest.mark.slow  # a 13-run sweep (CI runs it)
 def test_a_sweep_ends_with_a_summary_table_and_its_report(sweep):
     table = (sweep / "sweep_end.txt").read_text()
     assert "late % [95% CI]" in table and "lognormal μ=0.30 cv=0.50" in table and "scalar μ=0.50" in table
