@@ -5,7 +5,7 @@ imports, so SIGINT/SIGTERM at any moment of start-up ends in one line, never a t
 def main() -> None:
     from hets_ep import runtime
 
-    runtime.stop.install()
+    runtime.stop.hold()
     from hets_ep.cli import main as command_line
 
     command_line()

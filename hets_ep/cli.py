@@ -242,6 +242,8 @@ def _guarded(task):
         for noisy in ("jax", "absl"):  # backend probing and orbax's save log are noise to users
             logging.getLogger(noisy).setLevel(logging.WARNING)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if _in_sweep():  # in a worker process of a parallel sweep: from its first job on
+            runtime.stop.hold()
         try:
             if runtime.stop.received is not None:  # a sweep stopped before this job began
                 raise RunInterrupted(runtime.stop.received, run_dir, started=False)

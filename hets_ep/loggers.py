@@ -112,7 +112,8 @@ class MLflow(Tracker):
         mlflow = _need("mlflow", "mlflow")
         self.client = mlflow.tracking.MlflowClient(cfg.tracking_uri)
         experiment = self.client.get_experiment_by_name(cfg.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(cfg.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            cfg.experiment, artifact_location=_artifact_location(cfg.tracking_uri))
         self.run_id = run_id or self.client.create_run(experiment_id, run_name=name).info.run_id
         self.resumed = run_id is not None
 
@@ -143,6 +144,14 @@ class MLflow(Tracker):
                               tags=[entities.RunTag("status", summary.status)])
         if summary.status in ("completed", "diverged"):
             self.client.set_terminated(self.run_id, "FINISHED" if summary.status == "completed" else "FAILED")
+
+
+def _artifact_location(tracking_uri: str) -> Optional[str]:
+    """Artifacts beside a local SQLite store (MLflow's default, ``./mlruns``, would land in
+    whatever folder the command runs from); a server chooses its own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlflow-artifacts").as_uri()
+    return None
 
 
 def _mlflow():

@@ -46,18 +46,28 @@ class StopSignals:
     def __init__(self):
         self.received: int | None = None
         self._depth = 0
+        self._held = False
         self._previous: dict = {}
 
     def _handle(self, signum, _frame):
         self.received = signum
 
     def install(self) -> None:
-        """Catch the signals from now on (the command line does this before its imports):
-        SIGINT, SIGTERM and, in a job submitit runs on Slurm, its time-limit warning."""
+        """Catch the signals from now on: SIGINT, SIGTERM and, in a job submitit runs on Slurm,
+        its time-limit warning."""
         if self._depth == 0:
             signals = [signal.SIGINT, signal.SIGTERM] + ([submitit_signal()] if submitit_signal() else [])
             self._previous = {s: signal.signal(s, self._handle) for s in signals}
         self._depth += 1
+
+    def hold(self) -> None:
+        """Catch the signals for the rest of this process's life, once: the command line before
+        its imports, and each worker process of a parallel sweep at its first job — a signal
+        that stopped one job (Ctrl-C reaches every process of the group) then also keeps the
+        worker's later jobs from starting."""
+        if not self._held:
+            self._held = True
+            self.install()
 
     @contextlib.contextmanager
     def installed(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -208,3 +209,24 @@ def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
     for job in range(4):
         assert metrics_without_timing(tmp_path / "parallel" / str(job) / record.METRICS) == \
             metrics_without_timing(tmp_path / "sequential" / str(job) / record.METRICS)
+
+
+@pytest.mark.slow  # a parallel sweep stopped and continued (CI runs it)
+def test_ctrl_c_stops_a_parallel_sweep_and_resume_finishes_it(tmp_path):
+    """Ctrl-C reaches every process of the group: the running jobs checkpoint, no later job
+    starts in the workers, and the same command with resume=true finishes the sweep."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *TINY, "dataset.subset=2000", "seed=0,1,2,3,4,5", "hydra.callbacks.sweep_end.report=false",
+            f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "hets_ep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(sweep / "0" / record.METRICS, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].endswith(f"hydra.sweep.dir={sweep} resume=true")
+    statuses = [record.read_summary(sweep / str(i)).status if (sweep / str(i) / record.SUMMARY).exists() else None
+                for i in range(6)]
+    assert statuses[0] == "interrupted" and statuses[4:] == [None, None], statuses
+    hets_ep(*args, "resume=true", check=True)
+    assert [record.read_summary(sweep / str(i)).status for i in range(6)] == ["completed"] * 6

@@ -4,6 +4,7 @@ the MLflow client, and W&B's own protobuf records of an offline run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import struct
 import sys
 
@@ -81,6 +82,7 @@ def test_mlflow_holds_one_run_continued_after_resume(run):
     assert mlrun.data.metrics["summary.late_test_acc"] == pytest.approx(record.read_summary(root / "run").late_test_acc)
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["status"] == "completed"
     assert "dt_histogram.json" in [a.path for a in client.list_artifacts(mlrun.info.run_id)]
+    assert mlrun.info.artifact_uri.startswith(Path(uri[len("sqlite:///"):]).resolve().parent.as_uri())  # not ./mlruns
     assert json.loads((root / "run" / "trackers.json").read_text())["mlflow"] == mlrun.info.run_id
 
 
