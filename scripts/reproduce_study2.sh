@@ -39,10 +39,17 @@ report() {
     --family "A1: HTS against scalar dt at the same mean step"
   "${r[@]}" "$out/A/hts" "$out/A/curve" "$out/A/layerwise" --out "$docs/A_best_step" --baseline best \
     --equivalent dt.mean --family "A2: HTS against the best scalar step"
-  "${r[@]}" "$out/B" --out "$docs/B" --match ep.estimator,optimizer.lr_scale,dt.mean \
-    --robust optimizer.lr_scale,dt.mean --family "B: per-cell HTS − scalar over the robustness grid"
-  "${r[@]}" "$out/C" --out "$docs/C" --match ep.T2 --family "C: HTS − scalar at each nudged length"
-  "${r[@]}" "$out/D" --out "$docs/D" --match ep.estimator --family "D: HTS − scalar per estimator"
+  # Blocks cut for the budget have no runs and no report (docs/study2/RESULTS.md names them).
+  if [ -d "$out/B" ]; then
+    "${r[@]}" "$out/B" --out "$docs/B" --match ep.estimator,optimizer.lr_scale,dt.mean \
+      --robust optimizer.lr_scale,dt.mean --family "B: per-cell HTS − scalar over the robustness grid"
+  fi
+  if [ -d "$out/C" ]; then
+    "${r[@]}" "$out/C" --out "$docs/C" --match ep.T2 --family "C: HTS − scalar at each nudged length"
+  fi
+  if [ -d "$out/D" ]; then
+    "${r[@]}" "$out/D" --out "$docs/D" --match ep.estimator --family "D: HTS − scalar per estimator"
+  fi
   if [ -d "$out/E" ]; then
     "${r[@]}" "$out/E" --out "$docs/E" --family "E: the chosen condition at full scale"
   fi

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -158,7 +159,8 @@ def _heatmaps(out: Path, name: str, title: str, panels: dict[str, dict[tuple[str
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_xlabel(col, fontsize=8)
         ax.set_ylabel(row, fontsize=8)
-        ax.set_title(panel, fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(panel, 32)), fontsize=7.5)  # panel titles must not overlap
+    fig.subplots_adjust(hspace=0.55, top=1 - 0.9 / fig.get_figheight())  # room for the wrapped panel titles
     if image is not None:
         fig.colorbar(image, ax=[a for a in axes if a.get_visible()], shrink=0.8, label=colour_label)
     fig.suptitle(title, fontsize=9)
