@@ -253,7 +253,7 @@ def _guarded(task):
             if not _in_sweep():
                 _run_errors.append(err)
             elif err.signum == runtime.submitit_signal():  # a time limit ahead: submitit resubmits the job
-                signal.getsignal(err.signum)(err.signum, None)
+                runtime.stop.previous(err.signum)(err.signum, None)
             elif err.signum == signal.SIGTERM and runtime.being_requeued():
                 sys.exit(err.exit_code)  # no result: the sweep waits for Slurm to restart this job
         except HetsEpError as err:

@@ -60,6 +60,11 @@ class StopSignals:
             self._previous = {s: signal.signal(s, self._handle) for s in signals}
         self._depth += 1
 
+    def previous(self, signum: int):
+        """The handler ours replaced for ``signum`` (in a submitit job: submitit's, which
+        resubmits the job at its time limit)."""
+        return self._previous.get(signum, signal.SIG_DFL)
+
     def hold(self) -> None:
         """Catch the signals for the rest of this process's life, once: the command line before
         its imports, and each worker process of a parallel sweep at its first job — a signal
