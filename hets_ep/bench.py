@@ -17,7 +17,11 @@ large-step preset (energy dynamics, batch 20, T1 100, T2 25) and the default net
 fresh processes: one process (XLA's default threading), one process on one XLA thread, K-seed
 ``vmap`` on one device, K seeds split over the CPU's cores (what ``train.parallel_seeds`` does),
 N processes on one thread each (what a sweep does by default), and N processes × K/N seeds.
-Also the per-step time at batch 20 and its share of one core's matmul peak.
+Then, for the two study workloads and workload 1, where a relaxation step's time goes: the
+marginal time of one free-phase step on one core (the runner's kernel; with the scan unrolled
+2, 4, 8 times; a hand-written step with the energy's gradient written out; the same with a
+scalar dt; 8 seeds in one ``vmap``, per seed), its share of one core's matmul peak, and the
+time per batch spent outside the relaxation.
 
 **Sweep** (``--sweep N``): an N-seed cell of the large-step preset (10k images, 1 epoch) run as
 N separate ``hets-ep train`` processes one after another, and as one ``hets-ep train -m``
@@ -30,6 +34,7 @@ seeds of the large-step workload at batch 20, the ConvNet at batch 128.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -47,6 +52,7 @@ import optax
 
 from hets_ep import atomic, ep, optim, runtime, steps
 from hets_ep.config import DtConfig, EPConfig, OptimizerConfig
+from hets_ep.dynamics import relax
 from hets_ep.dynamics import step as dynamics_step
 from hets_ep.models import Network, build_network
 from hets_ep.timeconstants import sample_dt
@@ -168,9 +174,10 @@ def _naive(spec: dict, phases: EPConfig = PHASES):
 
 
 def _plain(spec: dict, phases: EPConfig = PHASES, dt: float = 0.5):
-    """The plain baseline for an MLP with one hidden layer: the same leaky hard-sigmoid update
-    and one-sided EP step, written directly as ``jit`` + ``lax.scan`` with a scalar dt and no
-    diagnostics, accumulators or per-neuron steps."""
+    """The plain baseline for an MLP with one hidden layer: the runner's leaky hard-sigmoid
+    update (every layer moves from the same old state) and one-sided EP step, written directly
+    as ``jit`` + ``lax.scan`` with a scalar dt and no diagnostics, accumulators or per-neuron
+    steps."""
     batch, hidden = spec["batch"], spec["hidden"][0]
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((batch, int(np.prod(spec["input_shape"]))), dtype=np.float32))
@@ -187,9 +194,8 @@ def _plain(spec: dict, phases: EPConfig = PHASES, dt: float = 0.5):
         def relax(s, beta, n):
             def body(s, _):
                 h, o = s
-                h = h + dt * (jnp.clip(drive + o @ w2.T, 0, 1) - h)
-                o = o + dt * (jnp.clip(h @ w2 + b2 + beta * (target - o), 0, 1) - o)
-                return (h, o), None
+                return (h + dt * (jnp.clip(drive + o @ w2.T, 0, 1) - h),
+                        o + dt * (jnp.clip(h @ w2 + b2 + beta * (target - o), 0, 1) - o)), None
             return jax.lax.scan(body, s, length=n)[0]
 
         free = relax((jnp.zeros((batch, hidden)), jnp.zeros((batch, 10))), 0.0, phases.T1)
@@ -206,6 +212,29 @@ def _plain(spec: dict, phases: EPConfig = PHASES, dt: float = 0.5):
 
     run()
     return run
+
+
+def hand_step(net: Network, params, drive: jax.Array, s, dt):
+    """The runner's free-phase step (:func:`hets_ep.dynamics.step`) for an MLP with one hidden
+    layer, with the gradient of the energy written out by hand: ``h`` ``(B, H)`` and ``o``
+    ``(B, 10)`` move from the same old state.
+
+    * leaky:  ``h ← h + dt_h ⊙ (σ(d + o W₂ᵀ) − h)``, ``o ← o + dt_o ⊙ (σ(h W₂ + b₂) − o)``
+    * energy: ``h ← clip(h − dt_h ⊙ (h − ρ'(h) ⊙ (d + ρ(o) W₂ᵀ)))``, likewise ``o`` with
+      ``ρ(h) W₂ + b₂``; ``ρ`` the steep sigmoid, ``ρ' = 4ρ(1 − ρ)``.
+    """
+    (h, o), (dt_h, dt_o) = s, dt
+    w2, b2 = params["params"]["layers_1"]["kernel"], params["params"]["layers_1"]["bias"]
+    if net.dynamics == "leaky":
+        sigma = net.act.fn
+        return h + dt_h * (sigma(drive + o @ w2.T) - h), o + dt_o * (sigma(h @ w2 + b2) - o)
+    if net.activation != "steep_sigmoid":
+        raise ValueError(f"no hand-written energy step for {net.activation}")
+    rho_h, rho_o = net.act.fn(h), net.act.fn(o)
+    slope_h, slope_o = 4 * rho_h * (1 - rho_h), 4 * rho_o * (1 - rho_o)
+    lo, hi = net.act.lo, net.act.hi
+    return (jnp.clip(h - dt_h * (h - slope_h * (drive + rho_o @ w2.T)), lo, hi),
+            jnp.clip(o - dt_o * (o - slope_o * (rho_h @ w2 + b2)), lo, hi))
 
 
 def kernel(repeats: int = 5, batches: int = 10, quick: bool = False) -> dict:
@@ -319,22 +348,98 @@ def study(batches: int = 200, quick: bool = False) -> dict:
         base = rows["one process"]["seed_samples_per_s"]
         for row in rows.values():
             row["ratio"] = row["seed_samples_per_s"] / base
-        steps_per_batch = spec["phases"].T1 + (2 if spec["phases"].estimator == "symmetric" else 1) * spec["phases"].T2
-        single = rows["one process, one XLA thread"]["seed_samples_per_s"]
-        step_s = spec["batch"] / single / steps_per_batch
-        hidden_flops = 2 * 2 * spec["batch"] * spec["hidden"][0] * 10
-        out["workloads"][workload] = {"modes": rows, "per_step_s_one_thread": step_s,
-                                      "per_step_mflop": hidden_flops / 1e6}
+        out["workloads"][workload] = {"modes": rows}
         for mode, row in rows.items():
             print(f"{workload:<22} {mode:<44} {row['seed_samples_per_s']:>10,.0f} seed-samples/s "
                   f"{row['ratio']:5.2f}×", flush=True)
-    peak = json.loads(subprocess.run(
-        [sys.executable, "-m", "hets_ep.bench", "--one-core-peak"], capture_output=True, text=True,
-        env={**os.environ, "XLA_FLAGS": " ".join(runtime.SINGLE_THREAD_FLAGS)}).stdout.strip().splitlines()[-1])
-    out["one_core_matmul_peak_gflops"] = peak
-    for row in out["workloads"].values():
-        row["per_step_fraction_of_one_core_peak"] = row["per_step_mflop"] * 1e6 / row["per_step_s_one_thread"] / 1e9 / peak
+    out["per_step"] = {}
+    for workload in (*STUDY, "mlp 784-512-10 b128"):
+        row = out["per_step"][workload] = _per_step_in_fresh_process(workload)
+        print(f"{workload:<22} per step (one core): " + ", ".join(
+            f"{name} {1e6 * t:.1f} µs" for name, t in row["step_s"].items()), flush=True)
     return out
+
+
+# -- per-step cost: where a relaxation step's time goes --------------------------------------------
+
+def _relaxation(net: Network, params, x, dt, unroll: int = 1, hand: bool = False, members: bool = False):
+    """``steps -> (() -> state)``: the free phase from zero on inputs ``x``, by the runner's
+    kernel or by :func:`hand_step`; with ``members``, every argument has a leading seed axis."""
+    def free(params, x, dt, n):
+        drive = net.drive(params, x)
+        s0 = tuple(jnp.zeros((x.shape[0], *d.shape), drive.dtype) for d in dt)
+        if hand:
+            return jax.lax.scan(lambda s, _: (hand_step(net, params, drive, s, dt), None), s0, length=n)[0]
+        return relax(net, params, drive, s0, dt, n, window=1, unroll=unroll).state
+
+    fn = jax.jit(jax.vmap(free, in_axes=(0, 0, 0, None)) if members else free, static_argnums=3)
+    return lambda n: functools.partial(fn, params, x, dt, n)
+
+
+def per_step(workload: str, rounds: int = 15) -> dict:
+    """Marginal time of one free-phase relaxation step of ``workload`` in this process, for the
+    runner's kernel and for alternatives, and the time per batch spent outside the relaxation
+    (the drive, the weight gradient, the optimizer, the statistics).
+
+    A step's time is ``(t(2T) − t(T)) / T`` with ``t`` the best of ``rounds`` interleaved runs,
+    so start-up and the work before and after the scan cancel out.
+    """
+    spec = {**WORKLOADS, **STUDY}[workload]
+    phases, k = spec.get("phases", PHASES), 8
+    net = _network(spec)
+    tx = optax.sgd(0.01)
+    _, state, batch = _state(spec, k, tx)
+    params, dt, x = steps.member(state.params, 0), steps.member(state.dt, 0), batch.x[0]
+    scalar_dt = tuple(jnp.full_like(d, jnp.mean(d)) for d in dt)
+    variants = {
+        "runner (autodiff of the energy)": (_relaxation(net, params, x, dt), 1),
+        **{f"runner, scan unroll {u}": (_relaxation(net, params, x, dt, unroll=u), 1) for u in (2, 4, 8)},
+        "hand-written gradient": (_relaxation(net, params, x, dt, hand=True), 1),
+        "hand-written gradient, scalar dt": (_relaxation(net, params, x, scalar_dt, hand=True), 1),
+        f"runner, {k} seeds in one vmap (per seed)": (_relaxation(net, state.params, batch.x, state.dt,
+                                                                  members=True), k),
+    }
+    n = phases.T1
+    timed = {name: ((make(n), make(2 * n)), seeds) for name, (make, seeds) in variants.items()}
+    train_step = steps.make_train_step(net, phases, tx, 1e-2)
+    one_state, one_batch = jax.tree.map(lambda a: a[:1], state), steps.Batch(batch.x[:1], batch.y[:1])
+
+    def train_batch():
+        nonlocal one_state
+        one_state = train_step(one_state, one_batch)
+        jax.block_until_ready(one_state)
+
+    for _ in range(3):
+        train_batch()
+    a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = {name: [np.inf, np.inf] for name in timed}
+    best_batch = best_dot = np.inf
+    for _ in range(rounds):
+        for name, (fns, _) in timed.items():
+            for i, fn in enumerate(fns):
+                best[name][i] = min(best[name][i], _timeit(lambda: jax.block_until_ready(fn()), 1))
+        best_batch = min(best_batch, _timeit(train_batch, 1))
+        best_dot = min(best_dot, _timeit(lambda: dot(a, a).block_until_ready(), 1))
+    step_s = {name: (best[name][1] - best[name][0]) / n / seeds for name, (_, seeds) in timed.items()}
+    runner = step_s["runner (autodiff of the energy)"]
+    steps_per_batch = phases.T1 + (2 if phases.estimator == "symmetric" else 1) * phases.T2
+    flops = 2 * spec["batch"] * sum(net.module.flops(spec["input_shape"])[1:])
+    peak = 2 * 1024**3 / best_dot / 1e9  # the best of the rounds: a peak, measured beside the steps
+    return {"batch": spec["batch"], "step_s": step_s, "step_mflop": flops / 1e6, "matmul_peak_gflops": peak,
+            "fraction_of_peak": flops / runner / 1e9 / peak, "train_step_s": best_batch,
+            "steps_per_batch": steps_per_batch, "outside_relaxation_s": best_batch - steps_per_batch * runner}
+
+
+def _per_step_in_fresh_process(workload: str) -> dict:
+    """:func:`per_step` in a fresh process on one XLA thread, as each job of a sweep runs, and
+    pinned to one core, which keeps the figures steady from one run to the next."""
+    out = subprocess.run([sys.executable, "-m", "hets_ep.bench", "--per-step", workload], capture_output=True,
+                         text=True, env={**os.environ, "XLA_FLAGS": " ".join(runtime.SINGLE_THREAD_FLAGS)})
+    if out.returncode:
+        raise RuntimeError(f"bench per-step measurement failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def sweep(seeds: int = 8) -> dict:
@@ -396,10 +501,14 @@ def markdown(results: dict) -> str:
         for workload, w in s["workloads"].items():
             rows += [f"| {workload} | {mode} | {r['seed_samples_per_s']:,.0f} | {r['ratio']:.2f}× |"
                      for mode, r in w["modes"].items()]
-        rows += [""] + [f"- {workload}: {1e6 * w['per_step_s_one_thread']:.1f} µs per relaxation step on one XLA "
-                        f"thread ({w['per_step_mflop']:.2f} MFLOP of layer products: "
-                        f"{100 * w['per_step_fraction_of_one_core_peak']:.1f}% of one core's measured matmul peak, "
-                        f"{s['one_core_matmul_peak_gflops']:.0f} GFLOP/s)" for workload, w in s["workloads"].items()]
+        names = list(next(iter(s["per_step"].values()))["step_s"])
+        rows += ["", "Per relaxation step, µs (one XLA thread pinned to one core; marginal time of a step):", "",
+                 "| workload | " + " | ".join(names)
+                 + " | MFLOP | % of one core's peak | batch ms | outside the relaxation ms |",
+                 "|---|" + "---|" * (len(names) + 4)]
+        rows += [f"| {workload} | " + " | ".join(f"{1e6 * w['step_s'][name]:.1f}" for name in names)
+                 + f" | {w['step_mflop']:.2f} | {100 * w['fraction_of_peak']:.1f} | {1e3 * w['train_step_s']:.2f} | "
+                   f"{1e3 * w['outside_relaxation_s']:.2f} |" for workload, w in s["per_step"].items()]
     if "sweep" in results:
         w = results["sweep"]
         rows += ["", f"A {w['seeds']}-seed cell of the large-step preset (10k images, 1 epoch), end to end: "
@@ -419,14 +528,16 @@ def main(argv=None) -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPU section only (scripts/gpu_bench.sh)")
     parser.add_argument("--measure", nargs=4, metavar=("WORKLOAD", "SEEDS", "BATCHES", "DEVICES"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--one-core-peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--per-step", metavar="WORKLOAD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         workload, members, batches, devices = args.measure
         print(json.dumps(measure(workload, int(members), int(batches), int(devices))))
         return
-    if args.one_core_peak:
-        print(json.dumps(matmul_peak(1024)))
+    if args.per_step:
+        if hasattr(os, "sched_setaffinity"):  # before XLA starts its threads, which inherit it
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        print(json.dumps(per_step(args.per_step)))
         return
     if args.gpu:
         results = gpu(args.repeats)

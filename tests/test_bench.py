@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from hets_ep import bench
@@ -27,3 +28,33 @@ def test_the_quick_benchmark_runs_end_to_end(tmp_path):
 
     result = hets_ep("bench", "--quick", "--repeats", "1", "--out", str(tmp_path / "bench.json"), check=True)
     assert "× plain" in result.stdout and (tmp_path / "bench.json").stat().st_size > 500
+
+
+@pytest.mark.parametrize("spec", [bench.WORKLOADS["mlp 784-512-10 b128"], bench.STUDY["large-step preset b20"]],
+                         ids=["leaky", "energy"])
+def test_the_hand_written_step_is_the_runners_step(spec):
+    # The per-step section compares the runner's kernel with this step: it must be the same update.
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from hets_ep.dynamics import step
+
+    net, state, batch = bench._state({**spec, "batch": 6}, 1, optax.sgd(0.1))
+    params, dt = jax.tree.map(lambda a: a[0], state.params), tuple(d[0] for d in state.dt)
+    drive = net.drive(params, batch.x[0])
+    s = tuple(jax.random.uniform(jax.random.key(k), (6, *d.shape)) for k, d in enumerate(dt))
+    for _ in range(3):
+        expected = step(net, params, drive, s, dt)[0]
+        got = bench.hand_step(net, params, drive, s, dt)
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+        assert max(float(jnp.max(jnp.abs(e - a))) for e, a in zip(expected, s)) > 1e-3  # the state moved
+        s = expected
+
+
+@pytest.mark.slow
+def test_the_per_step_section_times_every_variant():
+    result = bench.per_step("large-step preset b20", rounds=2)
+    assert len(result["step_s"]) == 7 and all(t > 0 for t in result["step_s"].values())
+    assert result["train_step_s"] > result["steps_per_batch"] * min(result["step_s"].values())
