@@ -9,6 +9,7 @@ from hets_ep import bench
 from hets_ep.config import EPConfig
 
 
+@pytest.mark.slow
 def test_study_throughput_is_measured_for_several_seeds_split_over_devices():
     result = bench.measure("large-step preset b20", members=2, batches=3)
     assert result["seed_samples_per_s"] > 0 and result["devices"] >= 1

@@ -153,6 +153,7 @@ def test_resume_by_path_extends_a_finished_run_in_its_own_folder(tmp_path):
     assert missing.returncode == 2 and "not a run directory" in missing.stderr and not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_after_the_config_check_leaves_its_error(tmp_path):
     run_dir = tmp_path / "run"
     result = hets_ep("train", *TINY, "dataset.subset=10", f"hydra.run.dir={run_dir}")

@@ -52,6 +52,7 @@ def test_energy_dynamics_ep_matches_bptt(batch):
         assert v["cosine"] >= 0.99, (tensor, v)
 
 
+@pytest.mark.slow
 def test_convnet_ep_matches_bptt(batch):
     """Average pooling keeps Φ smooth; max pooling is not differentiable at ties (flat MNIST
     background gives many), where EP and BPTT legitimately disagree."""
@@ -76,6 +77,7 @@ def test_random_sign_uses_both_signs(batch):
     assert any(same) and not all(same)
 
 
+@pytest.mark.slow
 def test_ep_memory_does_not_grow_with_phase_length_but_bptt_does():
     """Compiled-program memory (XLA's own accounting, not a timing): EP keeps no trajectory."""
     from hets_ep.bench import WORKLOADS, _ours

@@ -24,6 +24,7 @@ def _without_timing(run_dir):
             for r in record.read_rows(run_dir)]
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics_other_seed_other_run(tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         train_here(tmp_path / name, "train.epochs=1", "dt=lognormal", "dt.cv=0.3", f"seed={seed}")

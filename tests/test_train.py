@@ -96,6 +96,7 @@ def test_a_run_directory_with_checkpoints_needs_resume(tmp_path):
         train_here(tmp_path, "train.epochs=1")
 
 
+@pytest.mark.slow
 def test_sigterm_during_evaluation_checkpoints_and_resume_is_exact(tmp_path, caplog):
     """A signal while the test set is evaluated stops within a batch of evaluation; resuming
     evaluates that epoch again and ends exactly as a run never interrupted."""
