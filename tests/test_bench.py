@@ -59,3 +59,14 @@ def test_the_per_step_section_times_every_variant():
     result = bench.per_step("large-step preset b20", rounds=2)
     assert len(result["step_s"]) == 7 and all(t > 0 for t in result["step_s"].values())
     assert result["train_step_s"] > result["steps_per_batch"] * min(result["step_s"].values())
+
+
+@pytest.mark.slow
+def test_the_gpu_section_runs_and_writes_its_figures(tmp_path):
+    # scripts/gpu_bench.sh runs `hets-ep bench --gpu`; its code path is device-independent.
+    import json
+
+    bench.main(["--gpu", "--quick", "--repeats", "1", "--out", str(tmp_path / "gpu.json")])
+    figures = json.loads((tmp_path / "gpu.json").read_text())["workloads"]
+    assert figures["mlp 784-512-10 b128"]["samples_per_s"] > 0
+    assert figures["large-step preset b20 × 8 seeds"]["seed_samples_per_s"] > 0
