@@ -453,8 +453,9 @@ def sweep(seeds: int = 8) -> dict:
                             f"hydra.run.dir={tmp}/one/{seed}"], check=True, capture_output=True)
         separate = time.perf_counter() - start
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "hets_ep", "train", "-m", *args, f"seed={','.join(map(str, range(seeds)))}",
-                        f"hydra.sweep.dir={tmp}/sweep"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "hets_ep", "train", "-m", *args,
+                        f"seed={','.join(map(str, range(seeds)))}", f"hydra.sweep.dir={tmp}/sweep"],
+                       check=True, capture_output=True)
         multirun = time.perf_counter() - start
     print(f"{seeds}-seed cell: {separate:.0f} s as separate processes, {multirun:.0f} s as one sweep: "
           f"{separate / multirun:.2f}×", flush=True)
@@ -484,7 +485,8 @@ def markdown(results: dict) -> str:
     k = results["kernel"]
     rows = [f"Device: {k['device']} (jax {k['versions']['jax']}); measured matmul peak "
             f"{k['matmul_peak_gflops']:.1f} GFLOP/s (float32).", "",
-            "| workload | samples/s | compile s | step memory MiB | MFLOP/sample | GFLOP/s | % of peak | × naive | × plain |",
+            "| workload | samples/s | compile s | step memory MiB | MFLOP/sample | GFLOP/s | % of peak | × naive "
+            "| × plain |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in k["workloads"].items():
         mem = "–" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2**20:.1f}"
