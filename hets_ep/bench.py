@@ -27,6 +27,21 @@ time per batch spent outside the relaxation.
 N separate ``hets-ep train`` processes one after another, and as one ``hets-ep train -m``
 (the default launcher), end to end.
 
+**Relaxation** (``--relax``): on 32 MNIST images and the default network (784-512-10, leaky,
+hard sigmoid) at initial weights, scalar dt 0.5 and lognormal mean 0.5 cv 0.5, each schedule
+(``sync``, ``async``): the steps the free phase needs until every sample's fixed-point
+residual is below 1e-3 and 1e-4, the time of the ``ep.tol`` relaxation (checked every 5 steps)
+against a fixed scan of the steps it took (equal final residual: the cost of checking), and
+the time of a fixed 30-step phase (``ep.tol`` unset) against the same 30 steps through the
+while loop with a tolerance never met (what the fixed path saves). Then the cost of a training
+step per estimator: one-sided, symmetric and holomorphic EP with N = 2, 4, 6 (σ(4x−2)), as ratios
+to symmetric.
+
+**Speed** (``--speed``): whole training runs on the default task (all 60k MNIST images, 10
+epochs, ``hets-ep train``'s defaults) — today's synchronous fixed-step default against
+asynchronous relaxation with fewer steps — each in a fresh process: wall time, test accuracy,
+relaxation steps per batch, and the speed-up at equal accuracy.
+
 **GPU** (``--gpu``, for ``scripts/gpu_bench.sh``): workload 1 at batch 128 and 1024, 8 and 64
 seeds of the large-step workload at batch 20, the ConvNet at batch 128.
 """
@@ -51,27 +66,27 @@ import numpy as np
 import optax
 
 from hets_ep import atomic, ep, optim, runtime, steps
-from hets_ep.config import DtConfig, EPConfig, OptimizerConfig
+from hets_ep.config import DtConfig, DynamicsConfig, EPConfig, ModelConfig, OptimizerConfig, StabilityConfig
 from hets_ep.dynamics import relax
 from hets_ep.dynamics import step as dynamics_step
-from hets_ep.models import Network, build_network
+from hets_ep.models import Network
 from hets_ep.timeconstants import sample_dt
 
 PHASES = EPConfig("one_sided", beta=0.1, T1=30, T2=10)
 WORKLOADS = {
-    "mlp 784-512-10 b128": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=128),
-    "mlp 784-512-10 b1024": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=1024),
-    "mlp 784-512-512-10 b128": dict(arch="mlp", hidden=(512, 512), input_shape=(28, 28, 1), batch=128),
-    "convnet 32x32x3 b128": dict(arch="convnet", channels=(32, 64), input_shape=(32, 32, 3), batch=128),
+    "mlp 784-512-10 b128": dict(model=ModelConfig(hidden=[512]), input_shape=(28, 28, 1), batch=128),
+    "mlp 784-512-10 b1024": dict(model=ModelConfig(hidden=[512]), input_shape=(28, 28, 1), batch=1024),
+    "mlp 784-512-512-10 b128": dict(model=ModelConfig(hidden=[512, 512]), input_shape=(28, 28, 1), batch=128),
+    "convnet 32x32x3 b128": dict(model=ModelConfig(arch="convnet", channels=[32, 64]), input_shape=(32, 32, 3),
+                                 batch=128),
 }
 # The two workloads of a study (docs/study2/PLAN.md): what one seed of each computes per batch.
 STUDY = {
-    "large-step preset b20": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=20,
-                                  activation="steep_sigmoid", dynamics="energy", dt=DtConfig("lognormal", 0.8, cv=0.5,
-                                                                                            dt_max=2.0),
+    "large-step preset b20": dict(model=ModelConfig(activation="steep_sigmoid", dynamics="energy"),
+                                  input_shape=(28, 28, 1), batch=20, dt=DtConfig("lognormal", 0.8, cv=0.5, dt_max=2.0),
                                   phases=EPConfig("one_sided", beta=1.0, T1=100, T2=25),
                                   optimizer=OptimizerConfig(lr=[0.1, 0.05], momentum=0.0, schedule="constant")),
-    "default network b32": dict(arch="mlp", hidden=(512,), input_shape=(28, 28, 1), batch=32,
+    "default network b32": dict(model=ModelConfig(), input_shape=(28, 28, 1), batch=32,
                                 dt=DtConfig("scalar", 0.5), phases=EPConfig("symmetric", beta=0.5, T1=30, T2=10),
                                 optimizer=OptimizerConfig()),
 }
@@ -104,19 +119,15 @@ def flops_per_sample(net: Network, input_shape, phases: EPConfig) -> float:
 
 
 def _network(spec: dict) -> Network:
-    return build_network(spec["arch"], 10, hidden=spec.get("hidden", (512,)), channels=spec.get("channels", (32, 64)),
-                         activation=spec.get("activation", "hard_sigmoid"), dynamics=spec.get("dynamics", "leaky"))
+    return spec["model"].build(10)
 
 
 def _state(spec: dict, members: int, tx):
     net = _network(spec)
     shapes = net.state_shapes(spec["input_shape"])
-    params = steps.stack([net.init(jax.random.key(s), spec["input_shape"]) for s in range(members)])
     dt_spec = spec.get("dt", DtConfig("lognormal", 0.5, cv=0.5))
-    dts = steps.stack([tuple(map(jnp.asarray, sample_dt(s, dt_spec, shapes)[0])) for s in range(members)])
-    state = steps.TrainState(params, jax.vmap(tx.init)(params), steps.zero_sums(members), dts,
-                             jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(members)]),
-                             jnp.zeros((members,), jnp.int32))
+    state = steps.init_state(net, tx, spec["input_shape"], range(members),
+                             [sample_dt(s, dt_spec, shapes)[0] for s in range(members)], StabilityConfig().spike_window)
     rng = np.random.default_rng(0)
     x = rng.random((members, spec["batch"], *spec["input_shape"]), dtype=np.float32)
     y = rng.integers(0, 10, (members, spec["batch"])).astype(np.int32)
@@ -127,7 +138,7 @@ def _ours(spec: dict, members: int = 1, phases: EPConfig = PHASES):
     """``(run, compile_s, memory_bytes)``: the runner's jitted training step, compiled."""
     tx = optax.sgd(0.01)
     net, state, batch = _state(spec, members, tx)
-    train_step = steps.make_train_step(net, phases, tx, 1e-2)
+    train_step = steps.make_train_step(net, phases, spec.get("dynamics", DynamicsConfig()), tx, StabilityConfig())
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -151,9 +162,10 @@ def _naive(spec: dict, phases: EPConfig = PHASES):
 
     @jax.jit
     def one_step(params, s, beta):
-        return dynamics_step(net, params, net.drive(params, x), s, dt, beta, y)[0]
+        return dynamics_step(net, params, net.drive(params, x), s, dt, "sync", beta, y)[0]
 
-    gradient = jax.jit(lambda p, s1, s0, beta: ep.energy_gradient_difference(net, p, x, y, s1, beta, s0, None))
+    gradient = jax.jit(lambda p, s1, s0, beta: ep.energy_gradient(net, p, x, y, ((1.0, s1, beta), (-1.0, s0, None)),
+                                                                   beta))
     update = jax.jit(lambda g, o, p: tx.update(g, o, p))
     opt_state = tx.init(params)
     beta = jnp.float32(phases.beta)
@@ -178,7 +190,7 @@ def _plain(spec: dict, phases: EPConfig = PHASES, dt: float = 0.5):
     update (every layer moves from the same old state) and one-sided EP step, written directly
     as ``jit`` + ``lax.scan`` with a scalar dt and no diagnostics, accumulators or per-neuron
     steps."""
-    batch, hidden = spec["batch"], spec["hidden"][0]
+    batch, hidden = spec["batch"], spec["model"].hidden[0]
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((batch, int(np.prod(spec["input_shape"]))), dtype=np.float32))
     target = jax.nn.one_hot(jnp.asarray(rng.integers(0, 10, batch)), 10)
@@ -255,7 +267,7 @@ def kernel(repeats: int = 5, batches: int = 10, quick: bool = False) -> dict:
                "step_memory_bytes": nbytes, "flops_per_sample": flops, "gflops": flops * samples_per_s / 1e9,
                "fraction_of_peak": flops * samples_per_s / 1e9 / peak,
                "naive_samples_per_s": spec["batch"] / naive_s, "speedup_vs_naive": naive_s / seconds}
-        if spec["arch"] == "mlp" and len(spec["hidden"]) == 1:
+        if spec["model"].arch == "mlp" and len(spec["model"].hidden) == 1:
             plain = _plain(spec)
             plain_s = _timeit(lambda: [plain() for _ in range(batches)], repeats) / batches
             row.update(plain_samples_per_s=spec["batch"] / plain_s, speedup_vs_plain=plain_s / seconds)
@@ -298,7 +310,7 @@ def measure(workload: str, members: int, batches: int, cpu_devices: int = 1) -> 
     _, state, batch = _state(spec, members, tx)
     place = Placement(members, spec["batch"], spec["batch"])
     state, batch = place.members(state), steps.Batch(place.batch(batch.x), place.batch(batch.y))
-    train_step = steps.make_train_step(net, spec["phases"], tx, 1e-2)
+    train_step = steps.make_train_step(net, spec["phases"], DynamicsConfig(), tx, StabilityConfig())
     for _ in range(3):
         state = train_step(state, batch)
     jax.block_until_ready(state)
@@ -370,7 +382,7 @@ def _relaxation(net: Network, params, x, dt, unroll: int = 1, hand: bool = False
         s0 = tuple(jnp.zeros((x.shape[0], *d.shape), drive.dtype) for d in dt)
         if hand:
             return jax.lax.scan(lambda s, _: (hand_step(net, params, drive, s, dt), None), s0, length=n)[0]
-        return relax(net, params, drive, s0, dt, n, window=1, unroll=unroll).state
+        return relax(net, params, drive, s0, dt, n, DynamicsConfig(), window=1, unroll=unroll).state
 
     fn = jax.jit(jax.vmap(free, in_axes=(0, 0, 0, None)) if members else free, static_argnums=3)
     return lambda n: functools.partial(fn, params, x, dt, n)
@@ -401,7 +413,7 @@ def per_step(workload: str, rounds: int = 15) -> dict:
     }
     n = phases.T1
     timed = {name: ((make(n), make(2 * n)), seeds) for name, (make, seeds) in variants.items()}
-    train_step = steps.make_train_step(net, phases, tx, 1e-2)
+    train_step = steps.make_train_step(net, phases, DynamicsConfig(), tx, StabilityConfig())
     one_state, one_batch = jax.tree.map(lambda a: a[:1], state), steps.Batch(batch.x[:1], batch.y[:1])
 
     def train_batch():
@@ -462,6 +474,99 @@ def sweep(seeds: int = 8) -> dict:
     return {"seeds": seeds, "separate_processes_s": separate, "multirun_s": multirun, "speedup": separate / multirun}
 
 
+# -- relaxation: steps to a residual, the cost of ep.tol, the estimators' cost -----------------------
+
+def _mnist(n: int):
+    from hets_ep.data import load_dataset
+
+    data = load_dataset("mnist", subset=n, test_subset=1)
+    return jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+
+
+def relaxation(repeats: int = 5) -> dict:
+    """The relaxation section (see the module docstring)."""
+    x, y = _mnist(32)
+    net = ModelConfig().build(10)
+    params = net.init(jax.random.key(0), x.shape[1:])
+    drive = net.drive(params, x)
+    out = {"steps_to_residual": {}, "estimators": {}}
+    for dt_name, spec in (("scalar 0.5", DtConfig("scalar", 0.5)), ("lognormal 0.5 cv 0.5",
+                                                                     DtConfig("lognormal", 0.5, cv=0.5))):
+        dt = tuple(map(jnp.asarray, sample_dt(0, spec, net.state_shapes(x.shape[1:]))[0]))
+        s0 = tuple(jnp.zeros((32, *d.shape)) for d in dt)
+        for schedule in ("sync", "async"):
+            dynamics = DynamicsConfig(schedule=schedule)
+
+            def run(n, tol=None, every=5):
+                fn = jax.jit(lambda d: relax(net, params, d, s0, dt, n, dynamics, window=1, tol=tol,
+                                             tol_every=every))
+                fn(drive)
+                return fn
+
+            row = {}
+            for tol in (1e-3, 1e-4):
+                taken = int(run(2000, tol, 1)(drive).steps)  # checked at every step: the fewest steps
+                checked = run(2000, tol)
+                reached = int(checked(drive).steps)
+                fixed = run(reached)  # the same steps, so the same final residual
+                t_checked = _timeit(lambda: jax.block_until_ready(checked(drive)), repeats)
+                t_fixed = _timeit(lambda: jax.block_until_ready(fixed(drive)), repeats)
+                row[f"tol {tol:g}"] = {"steps": taken, "steps_checked_every_5": reached, "tol_s": t_checked,
+                                       "fixed_s": t_fixed, "ratio": t_checked / t_fixed}
+            plain, looped = run(30), run(30, 1e-30)
+            row["fixed 30 steps"] = {"fixed_s": _timeit(lambda: jax.block_until_ready(plain(drive)), repeats),
+                                     "while_s": _timeit(lambda: jax.block_until_ready(looped(drive)), repeats)}
+            row["fixed 30 steps"]["ratio"] = row["fixed 30 steps"]["while_s"] / row["fixed 30 steps"]["fixed_s"]
+            out["steps_to_residual"][f"{dt_name}, {schedule}"] = row
+            print(f"{dt_name + ', ' + schedule:<28} steps to residual 1e-3: {row['tol 0.001']['steps']:>4}, 1e-4: "
+                  f"{row['tol 0.0001']['steps']:>4}; ep.tol / fixed at equal residual "
+                  f"{row['tol 0.0001']['ratio']:.2f}×; 30 steps through the while loop / scan "
+                  f"{row['fixed 30 steps']['ratio']:.2f}×", flush=True)
+    spec = {"model": ModelConfig(activation="steep_sigmoid"), "input_shape": (28, 28, 1), "batch": 32,
+            "dt": DtConfig("scalar", 0.5)}
+    times = {}
+    for name, phases in (("one_sided", EPConfig("one_sided")), ("symmetric", EPConfig("symmetric")),
+                         *((f"holomorphic N={n}", EPConfig("holomorphic", N=n)) for n in (2, 4, 6))):
+        run, _, _ = _ours(spec, phases=phases)
+        run()
+        times[name] = _timeit(lambda: [run() for _ in range(10)], repeats) / 10
+    for name, seconds in times.items():
+        out["estimators"][name] = {"batch_s": seconds, "ratio_to_symmetric": seconds / times["symmetric"]}
+        print(f"{name:<18} {1e3 * seconds:7.2f} ms per batch of 32: {seconds / times['symmetric']:.2f}× symmetric",
+              flush=True)
+    return out
+
+
+# -- speed: whole training runs to the same accuracy -------------------------------------------------
+
+SPEED = {"sync, fixed T1 30 / T2 10 (the default)": [],
+         "sync, fixed T1 10 / T2 4": ["ep.T1=10", "ep.T2=4"],
+         "async, fixed T1 10 / T2 4": ["dynamics.schedule=async", "ep.T1=10", "ep.T2=4"]}
+
+
+def speed() -> dict:
+    """The speed section (see the module docstring): each run in a fresh process."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in SPEED.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hets_ep", "train", "train.progress=false", *overrides,
+                            f"hydra.run.dir={tmp}/{len(out)}"], check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            summary = json.loads((Path(tmp) / str(len(out)) / "summary.json").read_text())
+            rows = [json.loads(line) for line in (Path(tmp) / str(len(out)) / "metrics.jsonl").read_text().splitlines()]
+            steps = float(np.mean([r["train_free_steps"] + 2 * r["train_nudged_steps"] for r in rows]))
+            out[name] = {"wall_s": wall, "train_s": summary["timings"]["total_s"],
+                         "final_test_acc": summary["final_test_acc"], "steps_per_batch": steps}
+            print(f"{name:<42} {wall:6.1f} s end to end ({summary['timings']['total_s']:.1f} s training), "
+                  f"test accuracy {summary['final_test_acc']:.4f}, {steps:.0f} relaxation steps per batch", flush=True)
+    base = out[next(iter(SPEED))]
+    for row in out.values():
+        row["speedup_train"] = base["train_s"] / row["train_s"]
+        row["speedup_wall"] = base["wall_s"] / row["wall_s"]
+    return out
+
+
 def gpu(repeats: int = 5, quick: bool = False) -> dict:
     """The GPU section: workload 1 at batch 128 and 1024, 8 and 64 seeds of the large-step
     workload at batch 20, the ConvNet at batch 128 (``quick``: batch 128 and 8 seeds only)."""
@@ -513,6 +618,23 @@ def markdown(results: dict) -> str:
         rows += [f"| {workload} | " + " | ".join(f"{1e6 * w['step_s'][name]:.1f}" for name in names)
                  + f" | {w['step_mflop']:.2f} | {100 * w['fraction_of_peak']:.1f} | {1e3 * w['train_step_s']:.2f} | "
                    f"{1e3 * w['outside_relaxation_s']:.2f} |" for workload, w in s["per_step"].items()]
+    if "relax" in results:
+        r = results["relax"]
+        rows += ["", "Free-phase steps until every sample's fixed-point residual is below the tolerance (32 MNIST "
+                     "images, initial weights), and the cost of relaxing to a tolerance:", "",
+                 "| dt, schedule | steps to 1e-3 | steps to 1e-4 | ep.tol / fixed scan at equal residual (1e-4) "
+                 "| 30 steps: while loop / scan |", "|---|---|---|---|---|"]
+        rows += [f"| {name} | {v['tol 0.001']['steps']} | {v['tol 0.0001']['steps']} | "
+                 f"{v['tol 0.0001']['ratio']:.2f}× | {v['fixed 30 steps']['ratio']:.2f}× |"
+                 for name, v in r["steps_to_residual"].items()]
+        rows += ["", "| estimator | ms per training batch (32) | × symmetric |", "|---|---|---|"]
+        rows += [f"| {name} | {1e3 * v['batch_s']:.2f} | {v['ratio_to_symmetric']:.2f} |"
+                 for name, v in r["estimators"].items()]
+    if "speed" in results:
+        rows += ["", "| training run (60k MNIST, 10 epochs) | wall s | training s | test accuracy | steps per batch "
+                     "| × faster (training) |", "|---|---|---|---|---|---|"]
+        rows += [f"| {name} | {v['wall_s']:.1f} | {v['train_s']:.1f} | {100 * v['final_test_acc']:.2f}% | "
+                 f"{v['steps_per_batch']:.0f} | {v['speedup_train']:.2f} |" for name, v in results["speed"].items()]
     if "sweep" in results:
         w = results["sweep"]
         rows += ["", f"A {w['seeds']}-seed cell of the large-step preset (10k images, 1 epoch), end to end: "
@@ -529,6 +651,10 @@ def main(argv=None) -> None:
     parser.add_argument("--study", action="store_true", help="also the study-throughput section (minutes)")
     parser.add_argument("--sweep", type=int, default=0, metavar="N",
                         help="also time an N-seed cell end to end, separate processes against one sweep (minutes)")
+    parser.add_argument("--relax", action="store_true",
+                        help="also steps to a residual per schedule, the cost of ep.tol, the estimators' cost")
+    parser.add_argument("--speed", action="store_true",
+                        help="also whole default training runs, sync fixed steps against async (minutes)")
     parser.add_argument("--gpu", action="store_true", help="the GPU section only (scripts/gpu_bench.sh)")
     parser.add_argument("--measure", nargs=4, metavar=("WORKLOAD", "SEEDS", "BATCHES", "DEVICES"),
                         help=argparse.SUPPRESS)
@@ -551,6 +677,10 @@ def main(argv=None) -> None:
     results = {"kernel": kernel(repeats=args.repeats, quick=args.quick)}
     if args.study:
         results["study"] = study(batches=40 if args.quick else 200, quick=args.quick)
+    if args.relax:
+        results["relax"] = relaxation(args.repeats)
+    if args.speed:
+        results["speed"] = speed()
     if args.sweep:
         results["sweep"] = sweep(args.sweep)
     atomic.write_json(args.out, results)

@@ -3,9 +3,9 @@
 :class:`SweepEnd` (on by default, ``conf/train.yaml``) runs in the process that launched the
 sweep, after every job returned: it prints a compact table of the sweep (one line per
 condition), writes the report into ``SWEEP_DIR/report`` (``hydra.callbacks.sweep_end.report=false``
-turns both off), and records whether a job failed or the sweep was interrupted. Hydra turns
-a callback's exceptions into warnings, so the command line asks afterwards
-(:func:`raise_failures`) and fails with one line naming the failed jobs and the first error.
+turns both off), and reads every job's record for failures and interruptions, which it reports
+through :data:`hets_ep.runtime.outcome` (Hydra turns a callback's exceptions into warnings):
+the command line then fails with one line naming the failed jobs and the first error.
 """
 
 from __future__ import annotations
@@ -20,18 +20,10 @@ from omegaconf import DictConfig
 
 from hets_ep import record, runtime
 from hets_ep.errors import HetsEpError
+from hets_ep.record import Status
 from hets_ep.runtime import RunInterrupted
 
 log = logging.getLogger("hets_ep")
-
-
-_failure: list[HetsEpError] = []
-
-
-def raise_failures() -> None:
-    """Raise what the last sweep's end found wrong (a failed job, an interruption), if anything."""
-    if _failure:
-        raise _failure.pop()
 
 
 class SweepEnd(Callback):
@@ -47,13 +39,12 @@ class SweepEnd(Callback):
             from hets_ep.report import sweep_summary
 
             sweep_summary(sweep)
-        _failure.clear()
-        failed = [(d, s) for d, s in summaries.items() if s.status == "failed"]
-        interrupted = [d for d, s in summaries.items() if s.status == "interrupted"]
+        failed = [(d, s) for d, s in summaries.items() if s.status == Status.FAILED]
+        interrupted = [d for d, s in summaries.items() if s.status == Status.INTERRUPTED]
         if runtime.stop.received is not None or (interrupted and not failed):
-            _failure.append(RunInterrupted(runtime.stop.received or signal.SIGTERM, sweep, sweep=True))
+            runtime.outcome.report(RunInterrupted(runtime.stop.received or signal.SIGTERM, sweep, sweep=True))
         elif failed:
             first, summary = failed[0]
-            _failure.append(HetsEpError(
+            runtime.outcome.report(HetsEpError(
                 f"{len(failed)} of {len(summaries)} sweep jobs failed ({', '.join(d.name for d, _ in failed)}); job "
                 f"{first.name}: {summary.error} (its log: {first / 'train.log'})"))

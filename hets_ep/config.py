@@ -29,13 +29,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hets_ep.data.batching import NORMALIZATIONS
 from hets_ep.data.registry import NAMES as DATASETS
-from hets_ep.dynamics import DIAGNOSTIC_WINDOW
-from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS
+from hets_ep.dynamics import DIAGNOSTIC_WINDOW, INTEGRATORS, NOISE_MODES
+from hets_ep.dynamics import SCHEDULES as UPDATE_ORDERS
+from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS, HOLOMORPHIC
 from hets_ep.errors import ConfigError
 from hets_ep.models import ACTIVATIONS, Network, build_network
-from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS
+from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS, n_state_layers
 from hets_ep.optim import OPTIMIZERS, SCHEDULES
-from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, REDRAWS, SAMPLE_MODES
+from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, MATCHES, REDRAWS, SAMPLE_MODES
 
 # Beyond these a run would not fit in memory or time: almost surely a typo.
 MAX_COUNT = 10**6
@@ -124,27 +125,33 @@ class ModelConfig:
                              padding=self.padding, pool=self.pool, activation=self.activation, loss=self.loss,
                              dynamics=self.dynamics)
 
+    @property
+    def state_layers(self) -> int:
+        return n_state_layers(self.arch, self.hidden, self.channels, self.loss)
+
 
 @dataclasses.dataclass
 class DtConfig:
     """Per-neuron time steps (see :mod:`hets_ep.timeconstants`)."""
 
     dist: str = "scalar"
-    mean: float = 0.5
+    mean: float = 0.5          # the value of the matched statistic (dt.match)
     cv: float = 0.0
     dt_min: float = 0.01
     dt_max: float = 1.0
     sample: str = "dt"         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
-    match_mean: bool = True    # rescale until the realised mean equals `mean`
+    match: str = "mean"        # the statistic of dt held at `mean`: mean | geomean | tau (harmonic mean) | none
     match_cv: bool = True      # and reshape until the realised cv equals `cv`
     per: str = "unit"          # conv layers: one dt per unit, or per channel
-    base: str = "lognormal"    # layerwise: the family of the per-layer draws
+    base: str = "lognormal"    # layerwise: the family whose quantiles set the layers' values
+    layers: Optional[List[float]] = None  # layerwise: one dt per state layer, input side first
     redraw: str = "none"       # batch: every batch, permute the draw across each layer's neurons
 
     def __post_init__(self):
         _choice("dt.dist", self.dist, DISTRIBUTIONS)
         _choice("dt.base", self.base, FAMILIES)
         _choice("dt.sample", self.sample, SAMPLE_MODES)
+        _choice("dt.match", self.match, MATCHES)
         _choice("dt.per", self.per, DT_PER)
         _choice("dt.redraw", self.redraw, REDRAWS)
         _number("dt.dt_min", self.dt_min, low=0, strict_low=True)
@@ -153,8 +160,12 @@ class DtConfig:
         _number("dt.cv", self.cv, low=0)
         _check(self.dist != "scalar" or self.cv == 0, "dt.cv",
                f"scalar dt has cv 0, got {self.cv}; pick a distribution such as dt=lognormal")
-        _check(self.dist != "layerwise" or not self.match_cv, "dt.match_cv",
-               "layerwise draws one value per layer, too few to match a cv; set dt.match_cv=false")
+        if self.layers is not None:
+            _check(self.dist == "layerwise", "dt.layers", f"sets one dt per layer, which only dt=layerwise uses "
+                                                          f"(this run uses dt={self.dist})")
+            _check(bool(self.layers), "dt.layers", "must list one dt per state layer")
+            for value in self.layers:
+                _number("dt.layers", value, low=self.dt_min, high=self.dt_max)
         _check(self.dist == "scalar" or self.cv == 0 or self.dt_min < self.mean < self.dt_max, "dt.mean",
                f"{self.mean} leaves no room for spread inside [dt_min, dt_max] = [{self.dt_min}, {self.dt_max}]")
         _check(self.redraw == "none" or (self.dist not in ("scalar", "layerwise") and self.cv > 0), "dt.redraw",
@@ -163,13 +174,33 @@ class DtConfig:
 
 
 @dataclasses.dataclass
+class DynamicsConfig:
+    """How the state relaxes (see :mod:`hets_ep.dynamics`; the energy itself is ``model.dynamics``)."""
+
+    integrator: str = "euler"  # euler: s += dt (T(s) − s); exact: s += (1 − e^{−dt}) (T(s) − s)
+    schedule: str = "sync"     # sync: all layers from the old state; async: even layers, then odd ones
+    noise: float = 0.0         # σ of the state noise (0: none)
+    noise_mode: str = "step"   # step: σ on the local field each step; sde: σ√dt on the state
+    noise_eval: bool = False   # noise in evaluation too (training always has it when σ > 0)
+
+    def __post_init__(self):
+        _choice("dynamics.integrator", self.integrator, INTEGRATORS)
+        _choice("dynamics.schedule", self.schedule, UPDATE_ORDERS)
+        _choice("dynamics.noise_mode", self.noise_mode, NOISE_MODES)
+        _number("dynamics.noise", self.noise, low=0)
+
+
+@dataclasses.dataclass
 class EPConfig:
     """Static settings of one gradient estimate (see :mod:`hets_ep.ep`)."""
 
     estimator: str = "symmetric"
-    beta: float = 0.5
-    T1: int = 30               # free-phase steps
-    T2: int = 10               # nudged-phase steps
+    beta: float = 0.5          # |β| (holomorphic: the radius of the circle)
+    N: int = 4                 # holomorphic: points on the circle
+    T1: int = 30               # free-phase steps (with tol: at most)
+    T2: int = 10               # nudged-phase steps (with tol: at most)
+    tol: Optional[float] = None  # relax each phase until every sample's fixed-point residual is ≤ tol
+    tol_every: int = 5         # steps between two checks of tol
     window: int = DIAGNOSTIC_WINDOW  # last steps that the oscillation count covers
     unroll: int = 1            # lax.scan unroll factor (speed only; results are unchanged)
 
@@ -177,8 +208,14 @@ class EPConfig:
         _choice("ep.estimator", self.estimator, ESTIMATORS)
         _count("ep.T1", self.T1)
         _count("ep.T2", self.T2)
+        _count("ep.N", self.N, low=2, high=64)
+        _count("ep.tol_every", self.tol_every)
         _count("ep.window", self.window)
         _count("ep.unroll", self.unroll, high=1024)
+        if self.tol is not None:
+            _number("ep.tol", self.tol, low=0, strict_low=True)
+            _check(self.estimator != "bptt", "ep.tol", "BPTT differentiates a fixed number of free-phase steps; "
+                                                       "unset ep.tol (ep.tol=null) for ep=bptt")
         if self.estimator != "bptt":  # BPTT does not nudge
             _number("ep.beta", self.beta, low=0, strict_low=True)
 
@@ -240,12 +277,20 @@ class StabilityConfig:
     late_window: int = 3          # the primary metric `late`: mean test accuracy over the last k epochs
     residual_tol: float = 1.0e-2  # a sample is unconverged if its fixed-point residual exceeds this
     target_acc: float = 0.9       # epochs to reach this test accuracy
+    spike_factor: float = 3.0     # a loss spike: a batch loss above this × the median of the last batches
+    spike_window: int = 50        # … of this many batches
+    spectral_batch: int = 64      # the spectral radius of the relaxation step: on this many test images
+    spectral_iters: int = 40      # … by this many power iterations (0: not measured)
     gradcheck_every: int = 0      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
     monitor: str = "auto"         # the split that best epoch and collapses are read on (auto: val if any)
 
     def __post_init__(self):
         for key in ("collapse_drop", "chance_margin", "residual_tol", "target_acc"):
             _number(f"stability.{key}", getattr(self, key), low=0, strict_low=True)
+        _number("stability.spike_factor", self.spike_factor, low=1, strict_low=True)
+        _count("stability.spike_window", self.spike_window)
+        _count("stability.spectral_batch", self.spectral_batch)
+        _count("stability.spectral_iters", self.spectral_iters, low=0)
         _count("stability.jitter_window", self.jitter_window)
         _count("stability.late_window", self.late_window)
         _count("stability.gradcheck_every", self.gradcheck_every, low=0)
@@ -255,7 +300,8 @@ class StabilityConfig:
 @dataclasses.dataclass
 class GradcheckConfig:
     batch_size: int = 64
-    estimators: List[str] = field(default_factory=lambda: list(EP_ESTIMATORS))
+    estimators: List[str] = field(default_factory=lambda: [e for e in EP_ESTIMATORS if e not in HOLOMORPHIC])
+    gdu: bool = False          # also the step-by-step check of the nudged phase against BPTT (hets_ep.gdu)
 
     def __post_init__(self):
         _count("gradcheck.batch_size", self.batch_size)
@@ -299,6 +345,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dt: DtConfig = field(default_factory=DtConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     ep: EPConfig = field(default_factory=EPConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
@@ -315,6 +362,21 @@ class Config:
                f"must be true, false or a run directory, got {self.resume!r}")
         _check(self.stability.monitor != "val" or self.dataset.val_size > 0, "stability.monitor",
                "val needs a validation split: set dataset.val_size=N")
+        holomorphic = [e for e in (self.ep.estimator, *self.gradcheck.estimators) if e in HOLOMORPHIC]
+        if holomorphic:
+            key = "ep.estimator" if self.ep.estimator in HOLOMORPHIC else "gradcheck.estimators"
+            need = f"{holomorphic[0]} EP nudges with complex β, which needs a holomorphic energy"
+            _check(ACTIVATIONS[self.model.activation].holomorphic, "model.activation",
+                   f"{self.model.activation} is not holomorphic ({need}; set by {key}): use "
+                   f"{' or '.join(a for a, f in ACTIVATIONS.items() if f.holomorphic)}")
+            _check(self.model.dynamics == "leaky", "model.dynamics",
+                   f"energy dynamics clip the state, which is not holomorphic ({need}; set by {key}): use "
+                   "model.dynamics=leaky")
+            _check(self.model.arch != "convnet" or self.model.pool == "avg", "model.pool",
+                   f"max-pooling is not holomorphic ({need}; set by {key}): use model.pool=avg")
+        if self.dt.layers is not None:
+            _check(len(self.dt.layers) == self.model.state_layers, "dt.layers",
+                   f"lists {len(self.dt.layers)} values; the model has {self.model.state_layers} state layers")
 
     @property
     def monitor(self) -> str:
@@ -326,7 +388,8 @@ class Config:
 
 SCHEMA_NAME = "train_schema"
 # The config groups of conf/ (a choice each) beside the schema's sections.
-CONFIG_GROUPS = ("dataset", "model", "dt", "ep", "optimizer", "train", "stability", "gradcheck", "experiment", "logger")
+CONFIG_GROUPS = ("dataset", "model", "dt", "dynamics", "ep", "optimizer", "train", "stability", "gradcheck",
+                 "experiment", "logger")
 
 
 def register_schema() -> None:
@@ -335,14 +398,19 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
 
 
-def compose(overrides: Sequence[str] = ()) -> Config:
-    """The validated config that ``hets-ep train OVERRIDES`` would run (for scripts and tests)."""
+def compose_groups(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config Hydra composes for ``OVERRIDES``, not yet validated."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     register_schema()
     with initialize_config_module("hets_ep.conf", version_base="1.3"):
-        return validate(hydra_compose("train", overrides=list(overrides)))
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def compose(overrides: Sequence[str] = ()) -> Config:
+    """The validated config that ``hets-ep train OVERRIDES`` would run (for scripts and tests)."""
+    return validate(compose_groups(overrides))
 
 
 def validate(cfg: DictConfig) -> Config:
@@ -362,8 +430,11 @@ def validate(cfg: DictConfig) -> Config:
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group (``group_options("dt")`` → ``["gamma", …, "uniform"]``)."""
+    """The options of a config group (``group_options("dt")`` → ``["gamma", …, "uniform"]``;
+    none for a name that is no group)."""
     folder = resources.files("hets_ep.conf").joinpath(group)
+    if not folder.is_dir():
+        return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 

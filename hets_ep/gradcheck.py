@@ -1,40 +1,54 @@
-"""``hets-ep gradcheck``: EP's gradient estimates against BPTT on one batch of the dataset."""
+"""``hets-ep gradcheck``: EP's gradient estimates against BPTT on one batch of the dataset, and
+with ``gradcheck.gdu=true`` the step-by-step check of the nudged phase (:mod:`hets_ep.gdu`)."""
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import jax.numpy as jnp
 
-from hets_ep import ep, seeding
+from hets_ep import atomic, ep, gdu, record, seeding
 from hets_ep.config import Config
 from hets_ep.data import load_dataset
-from hets_ep.errors import ConfigError
 from hets_ep.timeconstants import sample_dt
 
 
-def gradcheck(cfg: Config) -> dict:
-    """Cosine similarity and norm ratio per weight tensor, for each estimator, at initial weights.
+def gradcheck(cfg: Config, run_dir: Path) -> dict:
+    """Cosine similarity and norm ratio per weight tensor, for each estimator, at initial weights;
+    writes ``gradcheck.json`` (and ``gdu.json`` with ``gdu/`` figures) into ``run_dir``.
 
-    Uses the first ``gradcheck.batch_size`` training examples and the run's model, dt draw
-    and phases (``ep.T1``, ``ep.T2``, ``ep.beta``). Agreement needs a converged free phase: the
-    report includes its residual. Prints a table and returns the report.
+    Uses the first ``gradcheck.batch_size`` training examples and the run's model, dt draw,
+    dynamics and phases (``ep.T1``, ``ep.T2``, ``ep.beta``, ``ep.N``, ``ep.tol``; BPTT always
+    runs exactly ``ep.T1`` steps). Agreement needs converged phases and a small β: the report
+    includes the free phase's residuals. Prints a table and returns the report.
     """
-    if cfg.ep.beta <= 0:
-        raise ConfigError("gradcheck needs ep.beta > 0 (the EP estimators nudge with β)")
-    phases = cfg.ep if cfg.ep.estimator != "bptt" else dataclasses.replace(cfg.ep, estimator="symmetric")
     data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.path, cfg.gradcheck.batch_size,
                         cfg.dataset.normalize)
     net = cfg.model.build(data.classes)
     params = net.init(seeding.key(cfg.seed, "init"), data.input_shape)
     dt, dt_stats = sample_dt(cfg.seed, cfg.dt, net.state_shapes(data.input_shape))
-    compare = ep.make_comparator(net, phases, tuple(cfg.gradcheck.estimators))
-    report = compare(params, jnp.asarray(data.x_train), jnp.asarray(data.y_train), tuple(map(jnp.asarray, dt)),
-                     seeding.key(cfg.seed, "estimator"))
-    report.update(beta=phases.beta, T1=phases.T1, T2=phases.T2, batch_size=len(data.x_train), dt=dt_stats)
-    print(f"free-phase residual {report['free_residual']:.2e} (β={phases.beta}, T1={phases.T1}, T2={phases.T2})")
+    dt = tuple(map(jnp.asarray, dt))
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    compare = ep.make_comparator(net, cfg.ep, cfg.dynamics, tuple(cfg.gradcheck.estimators))
+    report = compare(params, x, y, dt, seeding.key(cfg.seed, "estimator"))
+    report.update(beta=cfg.ep.beta, T1=cfg.ep.T1, T2=cfg.ep.T2, N=cfg.ep.N, batch_size=len(data.x_train), dt=dt_stats)
+    print(f"BPTT's free phase after T1={cfg.ep.T1} steps: fixed-point residual {report['free_fp_residual']:.2e}, "
+          f"step residual {report['free_step_residual']:.2e} (β={cfg.ep.beta}, T2={cfg.ep.T2})")
     print(f"{'estimator':<12} {'tensor':<20} {'cosine':>8} {'norm ratio':>11}")
     for name, tensors in report["estimators"].items():
         for tensor, v in tensors.items():
             print(f"{name:<12} {tensor:<20} {v['cosine']:>8.4f} {v['norm_ratio']:>11.4f}")
+    atomic.write_json(run_dir / record.GRADCHECK, report)
+    print(f"gradcheck written to {run_dir / record.GRADCHECK}")
+    if cfg.gradcheck.gdu:
+        steps = cfg.ep.T2
+        checked = gdu.check(net, params, x, y, dt, cfg.ep, cfg.dynamics, steps, plots=run_dir / "gdu")
+        print(f"GDU over the first {steps} nudged steps (β={cfg.ep.beta}): {checked['compares']}")
+        print(f"{'tensor':<20} {'relative RMSE':>14} {'signs':>8}")
+        for name, v in checked["tensors"].items():
+            signs = "–" if v["sign_agreement"] is None else f"{100 * v['sign_agreement']:.1f}%"
+            print(f"{name:<20} {v['relative_rmse']:>14.4f} {signs:>8}")
+        atomic.write_json(run_dir / "gdu.json", checked)
+        print(f"GDU check written to {run_dir / 'gdu.json'}, figures in {run_dir / 'gdu'}")
+        report["gdu"] = checked
     return report

@@ -66,6 +66,18 @@ def _need(module: str, extra: str):
         raise ConfigError(f"logger={extra} needs its client library: pip install 'hets-ep[{extra}]'") from None
 
 
+_MODULES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_available(chosen: LoggerConfig) -> None:
+    """Refuse, before anything is written, a tracker whose client library is not installed."""
+    import importlib.util
+
+    for kind, module in _MODULES.items():
+        if getattr(chosen, kind) is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"logger={kind} needs its client library: pip install 'hets-ep[{kind}]'")
+
+
 class Tracker:
     """One seed's run in one tracker (``run_id``: the tracker's own id, kept for resuming)."""
 
@@ -142,8 +154,9 @@ class MLflow(Tracker):
                                                                     summary.epochs_completed)
                                                     for k, v in values.items()],
                               tags=[entities.RunTag("status", summary.status)])
-        if summary.status in ("completed", "diverged"):
-            self.client.set_terminated(self.run_id, "FINISHED" if summary.status == "completed" else "FAILED")
+        if summary.status in record.FINISHED:
+            self.client.set_terminated(self.run_id, "FINISHED" if summary.status == record.Status.COMPLETED
+                                       else "FAILED")
 
 
 def _artifact_location(tracking_uri: str) -> Optional[str]:
@@ -184,7 +197,7 @@ class Wandb(Tracker):
                                     "best_acc": summary.best_acc, "final_test_acc": summary.final_test_acc}).items():
             self.run.summary[f"summary/{key}"] = value
         self.run.summary["status"] = summary.status
-        self.run.finish(exit_code=0 if summary.status in ("completed", "diverged") else 1)
+        self.run.finish(exit_code=0 if summary.status in record.FINISHED else 1)
 
 
 def build(cfg: Config, run_dir: Path, seed: int, dt: tuple[np.ndarray, ...]) -> list[Tracker]:

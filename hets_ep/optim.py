@@ -15,7 +15,7 @@ import optax
 from hets_ep.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hets_ep.config import OptimizerConfig
+    from hets_ep.config import ModelConfig, OptimizerConfig
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -28,6 +28,12 @@ def layer_names(params) -> list[str]:
         return (name == "dense", stem, int(index) if index.isdigit() else 0)
 
     return sorted(params["params"], key=order)
+
+
+def layer_count(model: ModelConfig) -> int:
+    """How many weight layers (the entries of ``optimizer.lr``) a model has: one per hidden or
+    conv layer, plus the output (or read-out) layer."""
+    return len(model.hidden if model.arch == "mlp" else model.channels) + 1
 
 
 def layer_rates(cfg: OptimizerConfig, params) -> list[float]:

@@ -1,4 +1,4 @@
-"""What a run writes, in one place: file names, the typed epoch row and the typed summary.
+"""What a run writes, in one place: file names, statuses, the typed epoch row and summary.
 
 A run directory holds::
 
@@ -9,25 +9,32 @@ A run directory holds::
     checkpoints/         orbax checkpoints for resume
     plots/               the learning curve
 
-The trainer writes these through :func:`write_rows` and :func:`write_summary`; the report and
-the output-directory check read them back through :func:`read_run`. ``RECORD_VERSION`` counts
-changes of the layout; a record of an older version is read through :func:`_upgrade`, and a
-newer one is refused with a message naming the version it needs.
+The trainer writes these through :func:`write_rows` and :func:`write_summary`, the summary
+built by :func:`summarize` (a pure function of the rows); the report and the output-directory
+check read them back through :func:`read_run`. ``RECORD_VERSION`` counts changes of the
+layout; a record of an older version is read through the ``_upgrade_*`` functions (its config
+gets the keys added since, at the values that reproduce what it ran, and its statistics are
+computed by today's definitions from its rows), and a newer one is refused with a message
+naming the version it needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import OmegaConf
 
-from hets_ep import atomic
+from hets_ep import atomic, stability
 from hets_ep.errors import HetsEpError
 
-RECORD_VERSION = 2
+if TYPE_CHECKING:
+    from hets_ep.config import Config
+
+RECORD_VERSION = 3
 
 CONFIG = Path(".hydra") / "config.yaml"
 METRICS = "metrics.jsonl"
@@ -37,18 +44,38 @@ CHECKPOINTS = "checkpoints"
 LEARNING_CURVE = Path("plots") / "learning_curve.png"
 LOCK = ".lock"
 GRADCHECK = "gradcheck.json"
+STOP = ".stop"   # in a sweep directory: the sweep was signalled (hets_ep.runtime.StopSignals)
 
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+
+class Status(str, enum.Enum):
+    """A run's state in ``summary.json`` (written as its value)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Runs whose metrics count: a diverged run scores what it scored before it stopped.
+FINISHED = (Status.COMPLETED, Status.DIVERGED)
 
 
 @dataclasses.dataclass
 class EpochRow:
-    """One line of ``metrics.jsonl``. Accuracies are fractions; losses, residuals and the
-    oscillation count are means over samples of the free phase (the ``nudged_*`` fields: of
-    the nudged phase). Fixed-point residuals ``‖T(s) − s‖/‖s‖`` do not depend on dt (see
+    """One line of ``metrics.jsonl``; each name is ``SPLIT_METRIC`` with the metric named where
+    it is computed (:class:`hets_ep.steps.Sums`). Accuracies are fractions; losses, residuals and
+    the oscillation count are means over samples of the free phase (``*_nudged_*``: of the nudged
+    phases); ``*_steps`` are means over batches of the steps a phase took (``*_max``: the most),
+    ``train_capped`` the share of batches where a phase stopped at its cap unconverged (with
+    ``ep.tol``), ``train_relaxation_steps`` the steps of every phase of the epoch's batches
+    together. Fixed-point residuals ``‖T(s) − s‖/‖s‖`` do not depend on dt (see
     :mod:`hets_ep.dynamics`); a sample is unconverged when its residual exceeds
     ``stability.residual_tol``. ``best_acc``, ``drawdown`` and ``collapses_so_far`` follow the
-    monitored split (``Summary.monitor``)."""
+    monitored split (``Summary.monitor``). Fields a run did not measure are None."""
 
     epoch: int
     train_loss: float
@@ -73,6 +100,16 @@ class EpochRow:
     val_acc: Optional[float] = None
     train_nudged_fp_residual: Optional[float] = None   # EP estimators only
     train_nudged_unconverged: Optional[float] = None
+    train_free_steps: Optional[float] = None
+    train_free_steps_max: Optional[float] = None
+    train_nudged_steps: Optional[float] = None
+    train_nudged_steps_max: Optional[float] = None
+    train_capped: Optional[float] = None               # with ep.tol
+    train_relaxation_steps: Optional[float] = None
+    train_loss_spikes: Optional[int] = None
+    test_free_steps: Optional[float] = None
+    spectral_radius: Optional[float] = None            # mean over the probe batch (stability.spectral_*)
+    spectral_radius_max: Optional[float] = None
     gradcheck_min_cosine: Optional[float] = None   # EP vs BPTT on a probe batch (stability.gradcheck_every)
     gradcheck_mean_cosine: Optional[float] = None
 
@@ -84,7 +121,7 @@ class Summary:
     ``best_acc``/``best_epoch`` are read on the monitored split (``val`` with a validation
     split, else ``test``), ``test_acc_at_best`` is the test accuracy at that epoch, and
     ``late_test_acc`` the mean test accuracy over the last ``stability.late_window`` epochs
-    (the report's primary metric). A run that failed before training holds ``error``.
+    (the report's primary metric). A run that failed holds ``error``.
     """
 
     status: str
@@ -99,7 +136,7 @@ class Summary:
     final_test_acc: Optional[float]
     late_test_acc: Optional[float]
     final_train_acc: Optional[float]
-    stability: dict[str, Any]    # stability.run_statistics + divergence epoch and residual summaries
+    stability: dict[str, Any]    # stability.run_statistics
     dt: dict[str, Any]           # timeconstants.dt_stats: nominal and realised statistics of the draw
     timings: dict[str, Any]
     versions: dict[str, str]
@@ -129,6 +166,27 @@ class RunRecord:
         return [getattr(r, key) for r in self.rows]
 
 
+def summarize(rows: list[EpochRow], status: str, seed: int, cfg: Config, classes: int, *, dt: dict,
+              timings: dict, versions: dict, runtime: dict, diverged_epoch: Optional[int] = None) -> Summary:
+    """The summary of a run from its rows: the one place its statistics are computed."""
+    monitor = cfg.monitor
+    watched = [getattr(r, f"{monitor}_acc") for r in rows]
+    tests = [r.test_acc for r in rows]
+    best = max(range(len(rows)), key=watched.__getitem__) if rows else None
+    return Summary(
+        status=str(status), seed=seed, epochs_completed=len(rows), epochs_planned=cfg.train.epochs, monitor=monitor,
+        best_acc=watched[best] if rows else None,
+        best_epoch=best + 1 if rows else None,
+        test_acc_at_best=tests[best] if rows else None,
+        best_test_acc=max(tests) if rows else None,
+        final_test_acc=tests[-1] if rows else None,
+        late_test_acc=stability.late_mean(tests, cfg.stability.late_window),
+        final_train_acc=rows[-1].train_acc if rows else None,
+        stability=stability.run_statistics(rows, monitor, classes, cfg.stability, diverged_epoch),
+        dt=dt, timings=timings, versions=versions, runtime=runtime,
+    )
+
+
 def write_rows(run_dir: Path, rows: list[EpochRow]) -> None:
     atomic.write_jsonl(Path(run_dir) / METRICS, [dataclasses.asdict(r) for r in rows])
 
@@ -143,42 +201,49 @@ def is_run(run_dir: Path) -> bool:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether starting a fresh run in ``run_dir`` would overwrite one (a run that failed
-    before training holds nothing to lose)."""
-    if (Path(run_dir) / CHECKPOINTS).exists():
+    """Whether starting a fresh run in ``run_dir`` would overwrite one: a checkpoint, or a
+    summary of a run that got further than failing before training."""
+    checkpoints = Path(run_dir) / CHECKPOINTS
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
         return True
     if not (Path(run_dir) / SUMMARY).exists():
         return False
     try:
-        return json.loads((Path(run_dir) / SUMMARY).read_text()).get("status") != "failed"
+        return json.loads((Path(run_dir) / SUMMARY).read_text()).get("status") != Status.FAILED
     except (OSError, json.JSONDecodeError, AttributeError):
         return True
 
 
-def failed(seed: int, error: str) -> Summary:
-    """The summary of a run that stopped before training, with its error."""
-    from hets_ep.runtime import job, versions
-
-    return Summary(status="failed", seed=seed, epochs_completed=0, epochs_planned=0, monitor="test", best_acc=None,
-                   best_epoch=None, test_acc_at_best=None, best_test_acc=None, final_test_acc=None,
-                   late_test_acc=None, final_train_acc=None, stability={}, dt={}, timings={}, versions=versions(),
-                   runtime=job(), error=error)
+def failed(seed: int, error: str, *, versions: dict, runtime: dict) -> Summary:
+    """The summary of a run that stopped with an error before training."""
+    return Summary(status=str(Status.FAILED), seed=seed, epochs_completed=0, epochs_planned=0, monitor="test",
+                   best_acc=None, best_epoch=None, test_acc_at_best=None, best_test_acc=None, final_test_acc=None,
+                   late_test_acc=None, final_train_acc=None, stability={}, dt={}, timings={}, versions=versions,
+                   runtime=runtime, error=error)
 
 
 def read_summary(run_dir: Path) -> Summary:
     return _read_summary(run_dir)[0]
 
 
-def _read_summary(run_dir: Path) -> tuple[Summary, int]:
-    """The summary (upgraded to this version) and the version it was written with."""
-    path = Path(run_dir) / SUMMARY
+def _read_json(path: Path) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise HetsEpError(f"{path}: unreadable ({err})") from None
+
+
+def _read_summary(run_dir: Path, rows: Optional[list[EpochRow]] = None,
+                  config: Optional[dict] = None) -> tuple[Summary, int]:
+    """The summary (upgraded to this version; with the rows and config, its statistics
+    recomputed by today's definitions) and the version it was written with."""
+    path = Path(run_dir) / SUMMARY
+    raw = _read_json(path)
     version = raw.get("version", 1)
     _check_version(version, path)
-    return _build(Summary, _upgrade_summary(raw) if version < RECORD_VERSION else raw, path), version
+    if version < RECORD_VERSION:
+        raw = _upgrade_summary(raw, version, rows, config)
+    return _build(Summary, raw, path), version
 
 
 def read_rows(run_dir: Path, version: int = RECORD_VERSION) -> list[EpochRow]:
@@ -189,21 +254,27 @@ def read_rows(run_dir: Path, version: int = RECORD_VERSION) -> list[EpochRow]:
         raw = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError) as err:
         raise HetsEpError(f"{path}: unreadable ({err})") from None
-    return [_build(EpochRow, _upgrade_row(r) if version < RECORD_VERSION else r, path) for r in raw]
+    return [_build(EpochRow, _upgrade_row(r, version) if version < RECORD_VERSION else r, path) for r in raw]
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config, flattened to dotted keys (lists as tuples)."""
+    """The run's resolved config, flattened to dotted keys (lists as tuples), with the keys
+    added since it was written at the values that reproduce what it ran."""
     path = Path(run_dir) / CONFIG
     try:
-        return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        flat = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
     except (OSError, ValueError) as err:
         raise HetsEpError(f"{path}: unreadable ({err})") from None
+    return _upgrade_config(flat)
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    summary, version = _read_summary(run_dir)
-    return RunRecord(Path(run_dir), read_config(run_dir), summary, read_rows(run_dir, version))
+    version = _read_json(Path(run_dir) / SUMMARY).get("version", 1)
+    _check_version(version, Path(run_dir) / SUMMARY)
+    config = read_config(run_dir)
+    rows = read_rows(run_dir, version)
+    summary, _ = _read_summary(run_dir, rows, config)
+    return RunRecord(Path(run_dir), config, summary, rows)
 
 
 def _check_version(version: int, path: Path) -> None:
@@ -224,19 +295,52 @@ def _build(cls, raw: dict, path: Path):
 
 
 # Version 1 (hets-ep 0.1.0) named the step residual `*_residual` and the running best `best_test_acc`,
-# had no fixed-point residuals, and monitored the test set.
+# had no fixed-point residuals, and monitored the test set. Version 2 had no step counts, loss
+# spikes or spectral radius (the fields default to None).
 _V1_ROW_NAMES = {"train_residual": "train_step_residual", "test_residual": "test_step_residual",
                  "best_test_acc": "best_acc"}
 
 
-def _upgrade_row(raw: dict) -> dict:
+def _upgrade_row(raw: dict, version: int) -> dict:
+    if version >= 2:
+        return raw
     return {"train_fp_residual": None, "train_unconverged": None, "test_fp_residual": None,
             **{_V1_ROW_NAMES.get(k, k): v for k, v in raw.items()}}
 
 
-def _upgrade_summary(raw: dict) -> dict:
-    return {**raw, "monitor": "test", "best_acc": raw.get("best_test_acc"),
-            "test_acc_at_best": raw.get("best_test_acc"), "late_test_acc": None, "version": RECORD_VERSION}
+def _upgrade_summary(raw: dict, version: int, rows: Optional[list[EpochRow]], config: Optional[dict]) -> dict:
+    out = dict(raw)
+    if version < 2:
+        out.update(monitor="test", best_acc=raw.get("best_test_acc"), test_acc_at_best=raw.get("best_test_acc"),
+                   late_test_acc=None)
+    if rows is not None and config is not None:
+        from hets_ep.config import StabilityConfig
+
+        thresholds = StabilityConfig(**{f.name: config[f"stability.{f.name}"]
+                                        for f in dataclasses.fields(StabilityConfig)
+                                        if f"stability.{f.name}" in config})
+        old = raw.get("stability", {})
+        # Statistics the record holds keep their values (same definitions; `never_learned` needed
+        # the class count, which the record does not hold); the ones added since are computed.
+        out["stability"] = {**stability.run_statistics(rows, out["monitor"], 10, thresholds,
+                                                       old.get("diverged_epoch")), **old}
+        out["late_test_acc"] = stability.late_mean([r.test_acc for r in rows], thresholds.late_window)
+    out["version"] = RECORD_VERSION
+    return out
+
+
+# Keys added to the config since version 1, at the values that reproduce what older runs ran.
+_ADDED_KEYS = {"dt.match": "mean", "dt.layers": None, "dynamics.integrator": "euler", "dynamics.schedule": "sync",
+               "dynamics.noise": 0.0, "dynamics.noise_mode": "step", "dynamics.noise_eval": False, "ep.N": 4,
+               "ep.tol": None, "ep.tol_every": 5}
+
+
+def _upgrade_config(flat: dict[str, Any]) -> dict[str, Any]:
+    if "dt.match_mean" in flat:  # version 2 held the mean (or nothing) with a flag
+        flat["dt.match"] = "mean" if flat.pop("dt.match_mean") else "none"
+    for key, value in _ADDED_KEYS.items():
+        flat.setdefault(key, value)
+    return flat
 
 
 def _flatten(node, prefix: str = "") -> dict[str, Any]:

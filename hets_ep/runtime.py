@@ -41,16 +41,53 @@ class StopSignals:
     :data:`stop` is the process's one instance: the command line installs it before any work
     (a signal during start-up or compilation is then noticed at the first check, not turned
     into a traceback); :meth:`installed` nests, restoring the previous handlers on exit.
+
+    A sweep's jobs may run in worker processes that a signal to the main process alone (from
+    ``kill``, ``timeout``, a scheduler) does not reach. So the main process :meth:`share`s a
+    signal through a file in the sweep directory, and each job :meth:`watch`es that file: a job
+    running checkpoints and stops at its next batch, and no later job starts.
     """
 
     def __init__(self):
-        self.received: int | None = None
+        self._received: int | None = None
         self._depth = 0
         self._held = False
         self._previous: dict = {}
+        self._shared: Path | None = None
+        self._watched: Path | None = None
+
+    @property
+    def received(self) -> int | None:
+        """The signal this process (or, for a watched sweep, the sweep) received, if any."""
+        if self._received is None and self._watched is not None and self._watched.exists():
+            try:
+                self._received = int(self._watched.read_text() or signal.SIGTERM)
+            except (OSError, ValueError):
+                self._received = signal.SIGTERM
+        return self._received
+
+    @received.setter
+    def received(self, signum: int | None) -> None:
+        self._received = signum
+
+    def share(self, path: Path) -> None:
+        """In a sweep's main process: write each signal received into ``path`` (a stale one
+        from an earlier, stopped run of the same sweep is removed first)."""
+        path.unlink(missing_ok=True)
+        self._shared = path
+
+    def watch(self, path: Path) -> None:
+        """In a sweep's job: count a signal written into ``path`` as received."""
+        self._watched = path
 
     def _handle(self, signum, _frame):
-        self.received = signum
+        self._received = signum
+        if self._shared is not None:
+            try:
+                self._shared.parent.mkdir(parents=True, exist_ok=True)
+                self._shared.write_text(str(signum))
+            except OSError:
+                pass  # the workers then stop only if the signal reached them too
 
     def install(self) -> None:
         """Catch the signals from now on: SIGINT, SIGTERM and, in a job submitit runs on Slurm,
@@ -84,10 +121,40 @@ class StopSignals:
             if self._depth == 0:
                 for s, handler in self._previous.items():
                     signal.signal(s, handler)
-                self.received = None
+                self._received, self._shared, self._watched = None, None, None
 
 
 stop = StopSignals()
+
+
+class Outcome:
+    """The one channel through which a job's error reaches the command line in this process:
+    Hydra logs a job's own exception before re-raising it (the same error printed twice) and
+    turns a callback's into a warning, so both report here and the command line raises the
+    first once Hydra returns."""
+
+    def __init__(self):
+        self._errors: list[HetsEpError] = []
+
+    def report(self, error: HetsEpError) -> None:
+        self._errors.append(error)
+
+    def raise_first(self) -> None:
+        errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
+
+
+outcome = Outcome()
+
+
+def log_to_file(message: str) -> None:
+    """Write ``message`` into the job's log file only (Hydra's ``train.log``), not the console,
+    where the command line prints it once."""
+    entry = logging.LogRecord("hets_ep", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(entry)
 
 
 def submitit_signal() -> int | None:
@@ -244,7 +311,7 @@ def requeued(run_dir: Path) -> bool:
         summary = record.read_summary(run_dir)
     except HetsEpError:
         return False
-    return summary.runtime.get("slurm_job") == me and summary.status in ("interrupted", "running")
+    return summary.runtime.get("slurm_job") == me and summary.status in (record.Status.INTERRUPTED, record.Status.RUNNING)
 
 
 def versions() -> dict[str, str]:

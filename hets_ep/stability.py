@@ -1,30 +1,40 @@
-"""Stability statistics of a run, from its per-epoch test accuracy.
+"""Stability statistics of a run, from its epoch rows: the one definition the summary and the
+report both use.
 
-With test accuracies ``a_1 … a_E`` and running best ``b_t = max_{s≤t} a_s``:
+With accuracies ``a_1 … a_E`` of the monitored split (validation if the run has one, else
+test) and running best ``b_t = max_{s≤t} a_s``:
 
 * **drawdown** ``d_t = b_t − a_t``; **max drawdown** ``max_t d_t``.
-* **collapse event**: an epoch where ``d_t`` rises above ``collapse_drop`` (default 5 points)
-  after being at or below it; consecutive epochs below count as one event. **Recovery epochs**:
-  epochs from a collapse until ``a_t ≥ b − collapse_drop`` again (unrecovered ones are counted
-  apart).
+* **collapse event**: an epoch where ``d_t`` rises above ``collapse_drop`` after being at or
+  below it; consecutive epochs below count as one event. **Recovery epochs**: epochs from a
+  collapse until ``a_t ≥ b − collapse_drop`` again (unrecovered ones are counted apart).
 * **never learned**: ``max_t a_t < 1/classes + chance_margin``; such a run is a failure of its
   own kind, not counted as a collapse.
 * **jitter**: standard deviation of ``a_t`` over the last ``jitter_window`` epochs.
 * **epochs to target**: first epoch with ``a_t ≥ target_acc``.
-* **late**: mean of ``a_t`` over the last ``late_window`` epochs (the report's primary metric).
+* **late** (of the test accuracy): its mean over the last ``late_window`` epochs, the report's
+  primary metric; **auc**: its mean over all epochs.
+* **loss spikes**: training batches whose loss exceeded ``spike_factor`` × the median of the
+  previous ``spike_window`` batch losses (counted on device, per epoch; summed over the run).
+* **relaxation steps**: the steps every phase of every training batch took, summed over the
+  run (the compute a condition spends; with ``ep.tol`` it varies).
+* **spectral radius**: of the relaxation step's Jacobian at the free fixed point of a fixed
+  test batch (:func:`hets_ep.dynamics.spectral_radius`), averaged over the late window.
 * **divergence**: the epoch where NaN/inf or an exploding state (``|s| > explode_threshold``)
   first appeared (recorded by the runner; the run stops there with ``status: diverged``).
-* **relaxation health** (from the free phase on the test set): residual
-  ``‖s_T − s_{T−1}‖/‖s_T‖`` averaged over samples, the share of samples whose residual exceeds
-  ``residual_tol``, and the mean number of sign flips of ``Δs`` per neuron over the last
-  steps (oscillation).
+* **relaxation health** (from the free phase on the test set): residuals, the share of
+  samples whose fixed-point residual exceeds ``residual_tol``, oscillation.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hets_ep.config import StabilityConfig
+    from hets_ep.record import EpochRow
 
 
 def drawdowns(accs: Sequence[float]) -> np.ndarray:
@@ -51,21 +61,20 @@ def collapses(accs: Sequence[float], drop: float) -> list[dict]:
     return events
 
 
-def run_statistics(accs: Sequence[float], classes: int, *, collapse_drop: float = 0.05, chance_margin: float = 0.05,
-                   jitter_window: int = 5, target_acc: float = 0.9) -> dict:
-    """Per-run statistics of a test-accuracy curve (see the module docstring)."""
+def curve_statistics(accs: Sequence[float], classes: int, cfg: StabilityConfig) -> dict:
+    """Statistics of an accuracy curve (see the module docstring)."""
     a = np.asarray(accs, np.float64)
     if a.size == 0:
         return {"epochs": 0, "never_learned": True, "collapse_count": 0, "max_drawdown": None,
                 "jitter": None, "epochs_to_target": None, "collapses": [], "mean_recovery_epochs": None,
                 "unrecovered_collapses": 0}
-    events = collapses(a, collapse_drop)
+    events = collapses(a, cfg.collapse_drop)
     recovered = [e["recovery_epochs"] for e in events if e["recovery_epochs"] is not None]
-    reached = np.nonzero(a >= target_acc)[0]
-    tail = a[-jitter_window:]
+    reached = np.nonzero(a >= cfg.target_acc)[0]
+    tail = a[-cfg.jitter_window:]
     return {
         "epochs": int(a.size),
-        "never_learned": bool(a.max() < 1.0 / classes + chance_margin),
+        "never_learned": bool(a.max() < 1.0 / classes + cfg.chance_margin),
         "collapse_count": len(events),
         "collapses": events,
         "mean_recovery_epochs": float(np.mean(recovered)) if recovered else None,
@@ -74,6 +83,29 @@ def run_statistics(accs: Sequence[float], classes: int, *, collapse_drop: float 
         "jitter": float(tail.std()) if tail.size > 1 else 0.0,
         "epochs_to_target": int(reached[0]) + 1 if reached.size else None,
     }
+
+
+def run_statistics(rows: Sequence[EpochRow], monitor: str, classes: int, cfg: StabilityConfig,
+                   diverged_epoch: Optional[int] = None) -> dict:
+    """Every per-run statistic of ``summary.json``'s ``stability``: the monitored curve's
+    statistics, loss spikes, relaxation steps, the late spectral radius and the relaxation
+    health (see the module docstring). Fields an older record did not measure are None."""
+    stats = curve_statistics([getattr(r, f"{monitor}_acc") for r in rows], classes, cfg)
+    late = rows[-cfg.late_window:]
+    last = rows[-1] if rows else None
+    stats.update(
+        diverged_epoch=diverged_epoch,
+        auc=mean_or_none([r.test_acc for r in rows]),
+        loss_spikes=total_or_none([r.train_loss_spikes for r in rows]),
+        relaxation_steps=total_or_none([r.train_relaxation_steps for r in rows]),
+        late_spectral_radius=mean_or_none([r.spectral_radius for r in late]),
+        mean_test_fp_residual=mean_or_none([r.test_fp_residual for r in rows]),
+        final_test_unconverged=last.test_unconverged if last else None,
+        final_train_nudged_unconverged=last.train_nudged_unconverged if last else None,
+        mean_test_step_residual=mean_or_none([r.test_step_residual for r in rows]),
+        mean_oscillation=mean_or_none([r.test_oscillation for r in rows]),
+    )
+    return stats
 
 
 def epoch_monitors(accs: Sequence[float], drop: float) -> dict:
@@ -92,3 +124,8 @@ def late_mean(accs: Sequence[float], window: int) -> Optional[float]:
 def mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
     kept = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(kept)) if kept else None
+
+
+def total_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The sum, or None if any value is missing (a total of part of a run is no total)."""
+    return float(np.sum(values)) if values and all(v is not None for v in values) else None

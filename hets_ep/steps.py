@@ -1,45 +1,66 @@
-"""The per-batch steps: ``train_step(state, batch) -> state`` and ``eval_step(state, sums, batch) -> sums``.
+"""The per-batch steps: ``train_step(state, batch) -> state``, ``eval_step(state, sums, batch) -> sums``.
 
 One pytree, :class:`TrainState`, holds everything a training step reads and writes: weights,
-optimizer state, the epoch's on-device :class:`Sums`, the per-neuron time steps, the
-estimator's random key and the step count. Every leaf carries a leading *member* axis, one
-entry per seed (``train.parallel_seeds``; 1 by default), and the steps are ``jit(vmap(…))``
-of the single-seed step, so K seeds train in one program. The state is donated: XLA updates
-its buffers in place. The same pytree is what :mod:`hets_ep.checkpointing` saves and restores.
+optimizer state, the epoch's on-device :class:`Sums`, the per-neuron time steps, the random
+keys of the estimator and of the state noise, the recent batch losses and the step count.
+Every leaf carries a leading *member* axis, one entry per seed (``train.parallel_seeds``; 1 by
+default), and the steps are ``jit(vmap(…))`` of the single-seed step, so K seeds train in one
+program. The state is donated: XLA updates its buffers in place. The same pytree is what
+:mod:`hets_ep.checkpointing` saves and restores; :func:`init_state` builds it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from hets_ep import ep
+from hets_ep import ep, seeding
+from hets_ep.dynamics import spectral_radius
 
 if TYPE_CHECKING:
-    from hets_ep.config import EPConfig
+    from hets_ep.config import DynamicsConfig, EPConfig, StabilityConfig
     from hets_ep.models import Network
     from hets_ep.models.network import State
 
 
 class Sums(NamedTuple):
-    """Sums over the samples seen so far this epoch, per member (each leaf ``(members,)``).
-    ``unconverged`` counts samples whose fixed-point residual exceeds the tolerance; the
-    ``nudged_*`` sums stay zero in evaluation and with BPTT."""
+    """What an epoch accumulates, per member (each leaf ``(members,)``), named as the metric it
+    becomes (:func:`means`). Over samples: ``loss``, ``acc``, the residuals, the unconverged
+    counts (residual above ``stability.residual_tol``) and ``oscillation``; over batches: the
+    steps each phase took, their maxima, ``capped`` (a phase stopped at its cap unconverged,
+    with ``ep.tol``), ``loss_spikes``; in total: ``relaxation_steps``. The ``nudged_*`` sums stay
+    zero in evaluation and with BPTT."""
 
     loss: jax.Array
-    correct: jax.Array
+    acc: jax.Array
     step_residual: jax.Array
     fp_residual: jax.Array
     unconverged: jax.Array
     nudged_fp_residual: jax.Array
     nudged_unconverged: jax.Array
     oscillation: jax.Array
-    count: jax.Array
-    max_state: jax.Array   # running max of |s|, not a sum
+    free_steps: jax.Array
+    free_steps_max: jax.Array
+    nudged_steps: jax.Array
+    nudged_steps_max: jax.Array
+    capped: jax.Array
+    loss_spikes: jax.Array
+    relaxation_steps: jax.Array
+    count: jax.Array       # samples
+    batches: jax.Array
+    max_state: jax.Array   # running max of |s|
     finite: jax.Array      # every loss and weight finite so far
+
+
+PER_SAMPLE = ("loss", "acc", "step_residual", "fp_residual", "unconverged", "nudged_fp_residual",
+              "nudged_unconverged", "oscillation")
+PER_BATCH = ("free_steps", "nudged_steps", "capped")
+TOTALS = ("loss_spikes", "relaxation_steps")
+MAXIMA = ("free_steps_max", "nudged_steps_max", "max_state")
 
 
 class TrainState(NamedTuple):
@@ -49,8 +70,10 @@ class TrainState(NamedTuple):
     opt_state: Any
     sums: Sums
     dt: State
-    key: jax.Array     # raw key data of the steps' random stream (random-sign EP, dt redraws)
-    step: jax.Array    # int32: training steps taken
+    key: jax.Array           # raw key data of the estimator's stream (random-sign EP, dt redraws)
+    noise_key: jax.Array     # raw key data of the state-noise stream
+    recent_loss: jax.Array   # the last stability.spike_window batch losses (a ring; NaN: not yet)
+    step: jax.Array          # int32: training steps taken
 
 
 class Batch(NamedTuple):
@@ -67,23 +90,48 @@ def zero_sums(members: int) -> Sums:
     return Sums(*(jnp.zeros((members,), jnp.float32) for _ in Sums._fields[:-1]), jnp.ones((members,), bool))
 
 
-def _accumulate(sums: Sums, net: Network, params, free: ep.Relaxation, nudged_fp: jax.Array, y, mask,
-                residual_tol: float) -> Sums:
+def init_state(net: Network, tx: optax.GradientTransformation, input_shape: Sequence[int], seeds: Sequence[int],
+               dts: Sequence[State], spike_window: int) -> TrainState:
+    """The train state of seeds ``seeds`` (one member each): initial weights from each seed's
+    ``init`` stream, its dt draw ``dts[k]``, keys from its ``estimator`` and ``noise`` streams."""
+    params = stack([net.init(seeding.key(s, "init"), input_shape) for s in seeds])
+    members = len(seeds)
+    return TrainState(
+        params=params,
+        opt_state=jax.vmap(tx.init)(params),
+        sums=zero_sums(members),
+        dt=stack([tuple(map(jnp.asarray, dt)) for dt in dts]),
+        key=jnp.stack([jax.random.key_data(seeding.key(s, "estimator")) for s in seeds]),
+        noise_key=jnp.stack([jax.random.key_data(seeding.key(s, "noise")) for s in seeds]),
+        recent_loss=jnp.full((members, spike_window), jnp.nan, jnp.float32),
+        step=jnp.zeros((members,), jnp.int32),
+    )
+
+
+def _accumulate(sums: Sums, net: Network, params, est: ep.Estimate, y, mask, residual_tol: float) -> Sums:
     """Add one batch's statistics (samples where ``mask`` is 1) to ``sums``: the free phase's
-    loss, accuracy and diagnostics, and the nudged phase's fixed-point residual ``nudged_fp``."""
+    loss, accuracy and diagnostics, and the nudged phases' residuals and steps."""
+    free = est.free
     logits = net.logits(params, free.state)
     loss = net.loss_per_sample(params, free.state, y)
     max_state = jnp.max(jnp.stack([jnp.max(jnp.abs(s)) for s in free.state]))
-    return Sums(
+    return sums._replace(
         loss=sums.loss + jnp.sum(mask * loss),
-        correct=sums.correct + jnp.sum(mask * (jnp.argmax(logits, -1) == y)),
-        step_residual=sums.step_residual + jnp.sum(mask * free.residual),
+        acc=sums.acc + jnp.sum(mask * (jnp.argmax(logits, -1) == y)),
+        step_residual=sums.step_residual + jnp.sum(mask * free.step_residual),
         fp_residual=sums.fp_residual + jnp.sum(mask * free.fp_residual),
         unconverged=sums.unconverged + jnp.sum(mask * (free.fp_residual > residual_tol)),
-        nudged_fp_residual=sums.nudged_fp_residual + jnp.sum(mask * nudged_fp),
-        nudged_unconverged=sums.nudged_unconverged + jnp.sum(mask * (nudged_fp > residual_tol)),
+        nudged_fp_residual=sums.nudged_fp_residual + jnp.sum(mask * est.nudged_fp_residual),
+        nudged_unconverged=sums.nudged_unconverged + jnp.sum(mask * (est.nudged_fp_residual > residual_tol)),
         oscillation=sums.oscillation + jnp.sum(mask * free.oscillation),
+        free_steps=sums.free_steps + free.steps,
+        free_steps_max=jnp.maximum(sums.free_steps_max, free.steps),
+        nudged_steps=sums.nudged_steps + est.nudged_steps,
+        nudged_steps_max=jnp.maximum(sums.nudged_steps_max, est.nudged_steps),
+        capped=sums.capped + est.capped,
+        relaxation_steps=sums.relaxation_steps + est.relaxation_steps,
         count=sums.count + jnp.sum(mask),
+        batches=sums.batches + 1,
         max_state=jnp.maximum(sums.max_state, max_state),
         finite=sums.finite & jnp.all(jnp.isfinite(loss)),
     )
@@ -93,8 +141,16 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def make_train_step(net: Network, phases: EPConfig, tx: optax.GradientTransformation, residual_tol: float,
-                    redraw: Optional[Callable[[jax.Array, State], State]] = None):
+def _spike(recent: jax.Array, loss: jax.Array, step: jax.Array, factor: float) -> tuple[jax.Array, jax.Array]:
+    """``(is the batch loss a spike, the updated ring)``: a spike is a loss above ``factor`` ×
+    the median of the previous ``len(recent)`` batch losses, once that many were seen."""
+    window = recent.shape[0]
+    spike = (step >= window) & (loss > factor * jnp.nanmedian(recent))
+    return spike, recent.at[step % window].set(loss)
+
+
+def make_train_step(net: Network, phases: EPConfig, dynamics: DynamicsConfig, tx: optax.GradientTransformation,
+                    stability: StabilityConfig, redraw: Optional[Callable[[jax.Array, State], State]] = None):
     """``train_step(state, batch) -> state``: one estimator update per member, jitted over the
     member axis (``batch`` has it too: each seed sees its own data order). ``state`` is donated.
 
@@ -104,40 +160,84 @@ def make_train_step(net: Network, phases: EPConfig, tx: optax.GradientTransforma
 
     def one(state: TrainState, batch: Batch) -> TrainState:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        noise_key = jax.random.fold_in(jax.random.wrap_key_data(state.noise_key), state.step)
         dt = state.dt if redraw is None else redraw(jax.random.fold_in(key, 1), state.dt)
-        est = ep.estimate(net, state.params, batch.x, batch.y, dt, phases, key)
-        sums = _accumulate(state.sums, net, state.params, est.free, est.nudged_fp_residual, batch.y,
-                           jnp.ones_like(batch.y, jnp.float32), residual_tol)
+        est = ep.estimate(net, state.params, batch.x, batch.y, dt, phases, dynamics, key,
+                          noise_key if dynamics.noise > 0 else None)
+        sums = _accumulate(state.sums, net, state.params, est, batch.y, jnp.ones_like(batch.y, jnp.float32),
+                           stability.residual_tol)
+        batch_loss = jnp.mean(net.loss_per_sample(state.params, est.free.state, batch.y))
+        spike, recent = _spike(state.recent_loss, batch_loss, state.step, stability.spike_factor)
         updates, opt_state = tx.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        sums = sums._replace(finite=sums.finite & _all_finite(params))
-        return TrainState(params, opt_state, sums, state.dt, state.key, state.step + 1)
+        sums = sums._replace(finite=sums.finite & _all_finite(params), loss_spikes=sums.loss_spikes + spike)
+        return TrainState(params, opt_state, sums, state.dt, state.key, state.noise_key, recent, state.step + 1)
 
     return jax.jit(jax.vmap(one), donate_argnums=0)
 
 
-def make_eval_step(net: Network, phases: EPConfig, residual_tol: float, shared: bool = True):
-    """``eval_step(state, sums, batch) -> sums``: the free phase on one evaluation batch.
-    With ``shared`` the batch is the same for every member (no member axis: the test set);
-    otherwise each member has its own (a validation split drawn per seed). ``sums`` is donated."""
+def make_eval_step(net: Network, phases: EPConfig, dynamics: DynamicsConfig, residual_tol: float,
+                   shared: bool = True, nudged: bool = False):
+    """``eval_step(state, sums, batch, index) -> sums``: the free phase on one evaluation batch
+    (with ``nudged``, the estimator's nudged phases too, for their residuals and steps; their
+    gradient is not computed). With ``shared`` the batch is the same for every member (no member
+    axis: the test set); otherwise each member has its own (a validation split drawn per seed).
+    ``index`` (an int) numbers the batch for the noise of ``dynamics.noise_eval``. ``sums`` is
+    donated."""
+    noisy = dynamics.noise > 0 and dynamics.noise_eval
 
-    def one(state: TrainState, sums: Sums, batch: Batch) -> Sums:
-        free = ep.free_phase(net, state.params, net.drive(state.params, batch.x), state.dt, phases)
-        return _accumulate(sums, net, state.params, free, jnp.zeros_like(free.fp_residual), batch.y, batch.mask,
-                           residual_tol)
+    def one(state: TrainState, sums: Sums, batch: Batch, index) -> Sums:
+        noise_key = None
+        if noisy:
+            noise_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.noise_key), -1), index)
+        if nudged and phases.estimator != "bptt":
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.key), index)
+            est = ep.ep_estimate(net, state.params, batch.x, batch.y, state.dt, phases, dynamics, key, noise_key)
+        else:
+            drive = net.drive(state.params, batch.x)
+            free = ep.free_phase(net, state.params, drive, state.dt, phases, dynamics, noise_key, tol=phases.tol)
+            est = ep.Estimate(None, free, jnp.zeros_like(free.fp_residual), jnp.asarray(0.0),
+                              jnp.asarray(False) if phases.tol is None else jnp.max(free.fp_residual) > phases.tol,
+                              free.steps)
+        return _accumulate(sums, net, state.params, est, batch.y, batch.mask, residual_tol)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None if shared else 0)), donate_argnums=1)
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None if shared else 0, None)), donate_argnums=1)
+
+
+def make_spectral_probe(net: Network, phases: EPConfig, dynamics: DynamicsConfig, iters: int):
+    """``probe(state, x) -> (members, B)``: the spectral radius of the relaxation step at each
+    sample's free fixed point (:func:`hets_ep.dynamics.spectral_radius`), on the run's weights
+    and dt, for a fixed probe batch ``x`` shared by the members."""
+
+    def one(state: TrainState, x) -> jax.Array:
+        drive = net.drive(state.params, x)
+        free = ep.free_phase(net, state.params, drive, state.dt, phases, dynamics, window=1, tol=phases.tol)
+        return spectral_radius(net, state.params, drive, free.state, state.dt, dynamics, jax.random.key(0), iters)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def evaluate(eval_step, state: TrainState, sums: Sums, batches: Iterable[Batch],
+             between: Callable[[], None] = lambda: None) -> Sums:
+    """Run ``eval_step`` over ``batches`` (numbered for the evaluation noise), calling
+    ``between()`` after each (the trainer's stop check)."""
+    for index, batch in enumerate(batches):
+        sums = eval_step(state, sums, batch, index)
+        between()
+    return sums
 
 
 def means(sums: Sums) -> list[dict[str, float]]:
-    """Per member: the sums divided by the sample count (``max_state`` and ``finite`` as they are)."""
+    """Per member, the metrics: per-sample sums over the sample count, per-batch sums over the
+    batch count, totals and maxima as they are, ``finite`` as a bool."""
     host = jax.device_get(sums)
     out = []
     for k in range(len(host.count)):
-        n = max(float(host.count[k]), 1.0)
-        mean = {name: float(getattr(host, name)[k]) / n for name in Sums._fields[:-2] if name != "count"}
-        out.append({**mean, "acc": mean.pop("correct"), "max_state": float(host.max_state[k]),
-                    "finite": bool(host.finite[k])})
+        samples, batches = max(float(host.count[k]), 1.0), max(float(host.batches[k]), 1.0)
+        row = {name: float(getattr(host, name)[k]) / samples for name in PER_SAMPLE}
+        row.update({name: float(getattr(host, name)[k]) / batches for name in PER_BATCH})
+        row.update({name: float(getattr(host, name)[k]) for name in (*TOTALS, *MAXIMA)})
+        out.append({**row, "finite": bool(host.finite[k])})
     return out
 
 
@@ -150,3 +250,11 @@ def member(tree, k: int):
     """Member ``k`` of a stacked pytree."""
     return jax.tree.map(lambda a: a[k], tree)
 
+
+def host_batches(x: np.ndarray, y: np.ndarray, size: int, put) -> Iterable[Batch]:
+    """Evaluation batches of a split shared by the members: the last one padded, masked."""
+    from hets_ep.data import eval_batches
+
+    for idx, valid in eval_batches(len(x), size):
+        mask = (np.arange(len(idx)) < valid).astype(np.float32)
+        yield Batch(*map(put, (x[idx], y[idx], mask)))

@@ -9,7 +9,7 @@ uniform     ``Z ~ U(1 − √3c, 1 + √3c)``
 normal      ``Z ~ N(1, c²)``
 lognormal   ``Z = exp(σn − σ²/2)``, ``σ² = ln(1 + c²)``, ``n ~ N(0, 1)``
 gamma       ``Z ~ Gamma(k = 1/c², θ = c²)``
-layerwise   one value per layer from the ``base`` family (heterogeneity across layers only)
+layerwise   one value per state layer, the same for every seed (heterogeneity across layers only)
 ==========  =============================================================================
 
 ``sample: dt`` sets ``dt = a·Z``; ``sample: tau`` draws the *time constant* and sets
@@ -19,11 +19,26 @@ the interval that maps onto ``[dt_min, dt_max]``, so no neuron sits exactly at a
 (clipping would pile the tail there and freeze neurons at ``dt_min``).
 
 Truncation moves the mean and narrows the spread, and a smaller mean step alone changes
-stability. So with ``match_mean`` (the default) ``a`` is solved (Brent's method) until the
-realised mean over neurons equals the request, and with ``match_cv`` (the default) ``c`` is
-solved as well until the realised cv equals the requested one: conditions labelled "cv 0.5"
-then have cv 0.5 whatever the family. A request the bounds cannot hold is refused, naming
-the largest cv that fits. The realised statistics are recorded next to the nominal ones.
+stability. So ``a`` is solved (Brent's method) until the realised value over neurons of the
+**matched statistic** ``match`` equals ``mean``:
+
+==========  =============================================================================
+mean        the arithmetic mean of dt (the default)
+geomean     the geometric mean of dt
+tau         the harmonic mean of dt, i.e. the mean time constant ``τ = Δt/dt`` equals ``Δt/mean``
+            (the same neurons on average, only heterogeneous)
+none        no rescaling: ``a = mean``
+==========  =============================================================================
+
+and with ``match_cv`` (the default) ``c`` is solved as well until the realised cv of dt equals
+the requested one: conditions labelled "cv 0.5" then have cv 0.5 whatever the family. A
+request the bounds cannot hold is refused, naming the largest cv that fits. All three means,
+the cv of dt and of τ are recorded next to the nominal request, whatever was matched.
+
+``layerwise`` gives layer ``l`` of ``L`` (input side first) ``dt.layers[l]`` if given, else the
+``(l + ½)/L`` quantile of the ``base`` family (mean 1, cv ``c``) scaled so that the layers'
+matched statistic (each layer counted once) equals ``mean``: a fixed rule, the same draw for
+every seed, so the output layer's step cannot wander from seed to seed.
 
 Conv layers get one dt per unit (channel × position) or, with ``per: channel``, one per
 channel; statistics are over neurons, so a shared value counts once per neuron it drives.
@@ -35,7 +50,7 @@ mean at one seed reuses the same uniforms ``u_i``, so conditions differ only by 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import jax
 import numpy as np
@@ -50,6 +65,7 @@ if TYPE_CHECKING:
 FAMILIES = ("uniform", "normal", "lognormal", "gamma")
 DISTRIBUTIONS = ("scalar", *FAMILIES, "layerwise")
 SAMPLE_MODES = ("dt", "tau")
+MATCHES = ("mean", "geomean", "tau", "none")
 DT_PER = ("unit", "channel")
 REDRAWS = ("none", "batch")
 
@@ -107,9 +123,19 @@ def _truncated(u: np.ndarray, name: str, c: float, a: float, spec: DtConfig) -> 
     return np.clip(dt, spec.dt_min, spec.dt_max)  # round-off only
 
 
-def _weighted_stats(dt: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+def matched(dt: np.ndarray, match: str, weights=None) -> float:
+    """The statistic ``match`` holds equal: the arithmetic, geometric or harmonic mean of dt."""
+    if match == "geomean":
+        return float(np.exp(np.average(np.log(dt), weights=weights)))
+    if match == "tau":
+        return float(1.0 / np.average(1.0 / dt, weights=weights))
+    return float(np.average(dt, weights=weights))
+
+
+def _weighted_stats(dt: np.ndarray, weights: np.ndarray, match: str) -> tuple[float, float]:
+    """``(the matched statistic, the cv of dt)`` over neurons."""
     mean = float(np.average(dt, weights=weights))
-    return mean, float(math.sqrt(np.average((dt - mean) ** 2, weights=weights)) / mean)
+    return matched(dt, match, weights), float(math.sqrt(np.average((dt - mean) ** 2, weights=weights)) / mean)
 
 
 class _Unreachable(Exception):
@@ -117,9 +143,9 @@ class _Unreachable(Exception):
 
 
 def _match_scale(u, name, c, weights, spec: DtConfig) -> float:
-    """The scale ``a`` with realised mean = ``spec.mean`` (the mean rises with ``a``)."""
+    """The scale ``a`` with realised matched statistic = ``spec.mean`` (it rises with ``a``)."""
     def gap(log_a):
-        return _weighted_stats(_truncated(u, name, c, math.exp(log_a), spec), weights)[0] - spec.mean
+        return _weighted_stats(_truncated(u, name, c, math.exp(log_a), spec), weights, spec.match)[0] - spec.mean
 
     lo = hi = math.log(spec.mean)
     for _ in range(_BRACKET_STEPS):
@@ -140,13 +166,14 @@ def _match_scale(u, name, c, weights, spec: DtConfig) -> float:
 def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tuple[float, float]:
     """``(c, a)``: the family's shape and scale for this draw (see the module docstring)."""
     def scale(c):
-        return _match_scale(u, name, c, weights, spec) if spec.match_mean else spec.mean
+        return _match_scale(u, name, c, weights, spec) if spec.match != "none" else spec.mean
 
     def realised_cv(c):
-        return _weighted_stats(_truncated(u, name, c, scale(c), spec), weights)[1]
+        return _weighted_stats(_truncated(u, name, c, scale(c), spec), weights, spec.match)[1]
 
+    statistic = {"mean": "mean", "geomean": "geometric mean", "tau": "harmonic mean"}.get(spec.match, "mean")
     unreachable_mean = ConfigError(f"dt.mean: {name} with cv {spec.cv} truncated to [{spec.dt_min}, {spec.dt_max}] "
-                                   f"cannot reach mean {spec.mean}; lower dt.cv or widen dt.dt_min/dt.dt_max")
+                                   f"cannot reach {statistic} {spec.mean}; lower dt.cv or widen dt.dt_min/dt.dt_max")
     if not spec.match_cv:
         try:
             return spec.cv, scale(spec.cv)
@@ -181,6 +208,18 @@ def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tup
                       f"{reached:.3g} at most; lower dt.cv, widen dt.dt_min/dt.dt_max, or set dt.match_cv=false")
 
 
+def _layer_values(spec: DtConfig, n_layers: int) -> np.ndarray:
+    """``layerwise``: the given values, or the quantile rule of the module docstring."""
+    if spec.layers is not None:
+        return np.asarray(spec.layers, np.float64)
+    if spec.cv == 0:
+        return np.full(n_layers, spec.mean)
+    q = family(spec.base, spec.cv).ppf((np.arange(n_layers) + 0.5) / n_layers)
+    q = np.maximum(q, np.finfo(np.float64).tiny)  # a normal or uniform family may reach 0
+    scale = spec.mean if spec.match == "none" else spec.mean / matched(q, spec.match)
+    return np.clip(scale * q, spec.dt_min, spec.dt_max)
+
+
 def _draw_shapes(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
     if spec.dist == "layerwise":
         return [(1,) * len(s) for s in shapes]
@@ -189,21 +228,26 @@ def _draw_shapes(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> list[tupl
     return list(shapes)
 
 
-def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[np.ndarray, ...], dict]:
+def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]],
+              uniforms: Optional[np.ndarray] = None) -> tuple[tuple[np.ndarray, ...], dict]:
     """Draw one dt per neuron for state layers of the given shapes (no batch axis).
 
     Returns ``(dt, stats)``: ``dt`` a tuple of float32 arrays with exactly ``shapes``, and the
-    nominal and realised statistics (over neurons) as a plain dict.
+    nominal and realised statistics (over neurons) as a plain dict. ``uniforms`` replaces the
+    seed's stream (:func:`check_reachable`).
     """
     draw_shapes = _draw_shapes(spec, shapes)
     sizes = [math.prod(s) for s in draw_shapes]
     # Each draw counts once per neuron it drives (a per-channel value drives H×W neurons).
     weights = np.concatenate([np.full(n, math.prod(s) / n) for n, s in zip(sizes, shapes)])
     name = spec.base if spec.dist == "layerwise" else spec.dist
-    if spec.dist == "scalar" or spec.cv == 0:
+    if spec.dist == "layerwise":
+        values, c, a = _layer_values(spec, len(shapes)), spec.cv, spec.mean
+    elif spec.dist == "scalar" or spec.cv == 0:
         values, c, a = np.full(sum(sizes), spec.mean), 0.0, spec.mean
     else:
-        u = np.asarray(jax.random.uniform(seeding.key(seed, f"dt/{spec.dist}"), (sum(sizes),)), np.float64)
+        u = uniforms if uniforms is not None else \
+            np.asarray(jax.random.uniform(seeding.key(seed, f"dt/{spec.dist}"), (sum(sizes),)), np.float64)
         c, a = _solve(u, name, weights, spec)
         values = _truncated(u, name, c, a, spec)
     layers = np.split(values, np.cumsum(sizes)[:-1])
@@ -212,6 +256,14 @@ def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> t
     out.update(scale=a, shape_cv=c, at_bounds=float(np.average((values <= spec.dt_min) | (values >= spec.dt_max),
                                                                weights=weights)))
     return dt, out
+
+
+def check_reachable(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> None:
+    """Refuse, with the sampler's own error, a request its truncated family cannot hold, without
+    starting JAX (a draw of the same size from numpy's generator: the check a command line makes
+    before any run; a seed's own draw differs only by sampling noise)."""
+    n = sum(math.prod(s) for s in _draw_shapes(spec, shapes))
+    sample_dt(0, spec, shapes, np.random.default_rng(0).random(n))
 
 
 def permute(key: jax.Array, dt: Sequence[jax.Array], per: str = "unit") -> tuple[jax.Array, ...]:
@@ -229,15 +281,22 @@ def permute(key: jax.Array, dt: Sequence[jax.Array], per: str = "unit") -> tuple
 
 
 def dt_stats(dt: Sequence[np.ndarray], spec: DtConfig) -> dict:
-    """Nominal request and realised statistics of a draw (over all neurons)."""
+    """Nominal request and realised statistics of a draw (over all neurons): the arithmetic,
+    geometric and harmonic means of dt (``hmean``; the mean time constant is ``Δt/hmean``),
+    the cv of dt and of ``τ ∝ 1/dt``, the quantiles and each layer's mean."""
     flat = np.concatenate([np.asarray(d, np.float64).ravel() for d in dt])
     mean = float(flat.mean())
+    tau = 1.0 / flat
     return {
         "distribution": spec.dist,
+        "match": spec.match,
         "nominal_mean": spec.mean,
         "nominal_cv": spec.cv,
         "mean": mean,
+        "geomean": matched(flat, "geomean"),
+        "hmean": matched(flat, "tau"),
         "cv": float(flat.std() / mean),
+        "tau_cv": float(tau.std() / tau.mean()),
         "min": float(flat.min()),
         "max": float(flat.max()),
         "q05": float(np.quantile(flat, 0.05)),

@@ -3,10 +3,11 @@
 Read top to bottom: :class:`Trainer` sets a run up, :meth:`Trainer.fit` restores it from its
 last checkpoint if asked and loops over epochs; each epoch trains on shuffled batches with
 :func:`hets_ep.steps.make_train_step`, evaluates the validation split (if any) and the test set
-with the free phase only, appends an :class:`~hets_ep.record.EpochRow`, saves a checkpoint and
-rewrites the summary. SIGINT/SIGTERM, at any moment, checkpoint at the next batch (of training
-or evaluation) and stop with ``status: interrupted``; NaN/inf or an exploding state stops a
-seed with ``status: diverged``.
+with the free phase only, measures the spectral radius of the relaxation step on a fixed test
+batch, appends an :class:`~hets_ep.record.EpochRow`, saves a checkpoint and rewrites the summary
+(:func:`hets_ep.record.summarize`). SIGINT/SIGTERM, at any moment, checkpoint at the next batch
+(of training or evaluation) and stop with ``status: interrupted``; NaN/inf or an exploding state
+stops a seed with ``status: diverged``.
 
 With ``train.parallel_seeds=K`` one trainer runs seeds ``seed … seed+K−1`` as the members of
 one vmap-ed program; each member writes ``run_dir/seed_<s>/`` exactly as a separate run
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
@@ -32,11 +32,12 @@ from tqdm.auto import tqdm
 from hets_ep import atomic, ep, figures, loggers, optim, record, runtime, seeding, stability, steps
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
-from hets_ep.data import Dataset, augment, eval_batches, load_dataset, train_batches, validation_split
+from hets_ep.data import augment, load_dataset, train_batches, validation_split
 from hets_ep.errors import ConfigError
 from hets_ep.placement import Placement
+from hets_ep.record import Status
 from hets_ep.runtime import RunInterrupted
-from hets_ep.steps import Batch, TrainState
+from hets_ep.steps import Batch
 from hets_ep.timeconstants import permute, sample_dt
 
 log = logging.getLogger(__name__)
@@ -53,32 +54,27 @@ class Member:
     dt: tuple[np.ndarray, ...]
     dt_stats: dict
     rows: list[record.EpochRow] = dataclasses.field(default_factory=list)
-    status: str = "running"
+    status: str = Status.RUNNING
     diverged_epoch: int | None = None
 
     def meta(self) -> dict:
-        return {"rows": [dataclasses.asdict(r) for r in self.rows], "status": self.status,
+        return {"rows": [dataclasses.asdict(r) for r in self.rows], "status": str(self.status),
                 "diverged_epoch": self.diverged_epoch}
 
     def load(self, meta: dict) -> None:
         self.rows = [record.EpochRow(**r) for r in meta["rows"]]
-        self.status, self.diverged_epoch = meta["status"], meta["diverged_epoch"]
-
-
-def _healthy(stats: dict, threshold: float) -> bool:
-    return stats["finite"] and np.isfinite(stats["loss"]) and stats["max_state"] <= threshold
+        self.status, self.diverged_epoch = Status(meta["status"]), meta["diverged_epoch"]
 
 
 class Trainer:
     """A training run writing into ``run_dir`` (the layout: :mod:`hets_ep.record`). Building
     one writes nothing; :meth:`fit` does."""
 
-    def __init__(self, cfg: Config, run_dir: Path):
-        self.cfg, self.dir = cfg, Path(run_dir)
+    def __init__(self, cfg: Config, run_dir: Path, name: str = ""):
+        self.cfg, self.dir, self.name = cfg, Path(run_dir), name
         d = cfg.dataset
-        self.data: Dataset = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
-        k = cfg.train.parallel_seeds
-        seeds = [cfg.seed + i for i in range(k)]
+        self.data = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
+        seeds = [cfg.seed + i for i in range(cfg.train.parallel_seeds)]
         splits = [validation_split(len(self.data.x_train), d.val_size, s) for s in seeds]
         self.steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
         if self.steps_per_epoch == 0:
@@ -88,35 +84,31 @@ class Trainer:
                               f"examples{subset}{held}")
         self.net = cfg.model.build(self.data.classes)
         shapes = self.net.state_shapes(self.data.input_shape)
-        dirs = [self.dir] if k == 1 else [self.dir / f"seed_{s}" for s in seeds]
+        dirs = [self.dir] if len(seeds) == 1 else [self.dir / f"seed_{s}" for s in seeds]
         self.members = [Member(s, dr, tr, va, *sample_dt(s, cfg.dt, shapes))
                         for s, dr, (tr, va) in zip(seeds, dirs, splits)]
-        self.place = Placement(k, cfg.train.batch_size, cfg.train.eval_batch_size)
-        params = steps.stack([self.net.init(seeding.key(s, "init"), self.data.input_shape) for s in seeds])
-        self.rates = optim.layer_rates(cfg.optimizer, params)
-        self.tx = optim.build(cfg.optimizer, steps.member(params, 0), self.steps_per_epoch, cfg.train.epochs)
-        self.state = self.place.members(TrainState(
-            params=params,
-            opt_state=jax.vmap(self.tx.init)(params),
-            sums=steps.zero_sums(k),
-            dt=steps.stack([tuple(map(jnp.asarray, m.dt)) for m in self.members]),
-            key=jnp.stack([jax.random.key_data(seeding.key(s, "estimator")) for s in seeds]),
-            step=jnp.zeros((k,), jnp.int32),
-        ))
+        self.place = Placement(len(seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
+        first = self.net.init(seeding.key(seeds[0], "init"), self.data.input_shape)
+        self.rates = optim.layer_rates(cfg.optimizer, first)
+        self.tx = optim.build(cfg.optimizer, first, self.steps_per_epoch, cfg.train.epochs)
+        self.schedule = optim.schedule(cfg.optimizer, self.steps_per_epoch, cfg.train.epochs)
+        self.state = self.place.members(steps.init_state(self.net, self.tx, self.data.input_shape, seeds,
+                                                         [m.dt for m in self.members], cfg.stability.spike_window))
         redraw = functools.partial(permute, per=cfg.dt.per) if cfg.dt.redraw == "batch" else None
         tol = cfg.stability.residual_tol
-        self.train_step = steps.make_train_step(self.net, cfg.ep, self.tx, tol, redraw)
-        self.eval_step = steps.make_eval_step(self.net, cfg.ep, tol)
-        self.val_step = steps.make_eval_step(self.net, cfg.ep, tol, shared=False) if d.val_size else None
-        self.schedule = optim.schedule(cfg.optimizer, self.steps_per_epoch, cfg.train.epochs)
-        self.probe = self._make_probe() if cfg.stability.gradcheck_every else None
-        self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
+        self.train_step = steps.make_train_step(self.net, cfg.ep, cfg.dynamics, self.tx, cfg.stability, redraw)
+        self.eval_step = steps.make_eval_step(self.net, cfg.ep, cfg.dynamics, tol)
+        self.val_step = steps.make_eval_step(self.net, cfg.ep, cfg.dynamics, tol, shared=False) if d.val_size else None
+        self.spectral = (steps.make_spectral_probe(self.net, cfg.ep, cfg.dynamics, cfg.stability.spectral_iters)
+                         if cfg.stability.spectral_iters else None)
+        self.probe = self._make_gradient_probe() if cfg.stability.gradcheck_every else None
+        self.checkpoints: Checkpoints | None = None
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
         self.trackers: list[list[loggers.Tracker]] = [[] for _ in self.members]
 
     @property
     def active(self) -> list[int]:
-        return [k for k, m in enumerate(self.members) if m.status == "running"]
+        return [k for k, m in enumerate(self.members) if m.status == Status.RUNNING]
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -129,66 +121,31 @@ class Trainer:
         if restored is None:
             return False
         tree, meta = restored
-        self.state = self.place.members(TrainState(*tree["state"]))
+        self.state = self.place.members(steps.TrainState(*tree["state"]))
         self.epoch, self.batch, self.elapsed = meta["epoch"], meta["batch"], meta["elapsed"]
         for member, state in zip(self.members, meta["members"]):
             member.load(state)
-        if self.batch == 0:
-            log.info("resumed after epoch %d", self.epoch)
-        else:
-            log.info("resumed in epoch %d after batch %d of %d", self.epoch + 1, self.batch, self.steps_per_epoch)
+        where = f"after epoch {self.epoch}" if self.batch == 0 else \
+            f"in epoch {self.epoch + 1} after batch {self.batch} of {self.steps_per_epoch}"
+        log.info("resumed %s", where)
         return True
 
     # -- outputs -----------------------------------------------------------------------------
-    def summary(self, member: Member, status: str) -> record.Summary:
-        rows, st, monitor = member.rows, self.cfg.stability, self.cfg.monitor
-        watched = [getattr(r, f"{monitor}_acc") for r in rows]
-        tests = [r.test_acc for r in rows]
-        stats = stability.run_statistics(watched, self.data.classes, collapse_drop=st.collapse_drop,
-                                         chance_margin=st.chance_margin, jitter_window=st.jitter_window,
-                                         target_acc=st.target_acc)
-        last = rows[-1] if rows else None
-        stats.update(
-            diverged_epoch=member.diverged_epoch,
-            mean_test_fp_residual=stability.mean_or_none([r.test_fp_residual for r in rows]),
-            final_test_unconverged=last.test_unconverged if last else None,
-            final_train_nudged_unconverged=last.train_nudged_unconverged if last else None,
-            mean_test_step_residual=stability.mean_or_none([r.test_step_residual for r in rows]),
-            mean_oscillation=stability.mean_or_none([r.test_oscillation for r in rows]),
-        )
-        best = int(np.argmax(watched)) if rows else None
-        return record.Summary(
-            status=status,
-            seed=member.seed,
-            epochs_completed=len(rows),
-            epochs_planned=self.cfg.train.epochs,
-            monitor=monitor,
-            best_acc=watched[best] if rows else None,
-            best_epoch=best + 1 if rows else None,
-            test_acc_at_best=tests[best] if rows else None,
-            best_test_acc=max(tests) if rows else None,
-            final_test_acc=tests[-1] if rows else None,
-            late_test_acc=stability.late_mean(tests, st.late_window),
-            final_train_acc=last.train_acc if last else None,
-            stability=stats,
-            dt=member.dt_stats,
-            timings={"total_s": self.elapsed, "parallel_seeds": len(self.members),
-                     "mean_epoch_s": stability.mean_or_none([r.epoch_time_s for r in rows]),
-                     "samples_per_s": stability.mean_or_none([r.samples_per_s for r in rows])},
-            versions=runtime.versions(),
-            runtime=runtime.job(),
-        )
-
-    def write(self, status: str) -> list[record.Summary]:
+    def write(self, status: Status) -> list[record.Summary]:
         """Rewrite each member's metrics and summary (members that diverged keep that status);
         once a member stops, plot its learning curve."""
         summaries = []
         for member in self.members:
-            own = member.status if member.status != "running" else status
+            own = member.status if member.status != Status.RUNNING else status
             record.write_rows(member.dir, member.rows)
-            summaries.append(self.summary(member, own))
+            timings = {"total_s": self.elapsed, "parallel_seeds": len(self.members),
+                       "mean_epoch_s": stability.mean_or_none([r.epoch_time_s for r in member.rows]),
+                       "samples_per_s": stability.mean_or_none([r.samples_per_s for r in member.rows])}
+            summaries.append(record.summarize(member.rows, own, member.seed, self.cfg, self.data.classes,
+                                              dt=member.dt_stats, timings=timings, versions=runtime.versions(),
+                                              runtime=runtime.job(), diverged_epoch=member.diverged_epoch))
             record.write_summary(member.dir, summaries[-1])
-            if own != "running" and member.rows:
+            if own != Status.RUNNING and member.rows:
                 figures.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
         return summaries
 
@@ -224,7 +181,9 @@ class Trainer:
         """Train to ``train.epochs``; returns each member's summary. SIGINT/SIGTERM are caught for
         the whole call, so the final writes also complete before the process reacts to them."""
         cfg = self.cfg
+        loggers.check_available(cfg.logger)
         with runtime.stop.installed():
+            self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
             resume = cfg.resume or runtime.requeued(self.dir)
             if resume and not cfg.resume:
                 log.info("Slurm restarted job %s (restart %d): continuing its run from the last checkpoint",
@@ -234,7 +193,7 @@ class Trainer:
                     log.warning("resume: no checkpoint in %s; starting from scratch", self.dir / record.CHECKPOINTS)
                 elif self.epoch >= cfg.train.epochs:
                     log.info("run already completed %d epochs", self.epoch)
-                    return self.write("completed")
+                    return self.write(Status.COMPLETED)
             elif self.checkpoints.steps():
                 raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
             self._write_setup()
@@ -242,7 +201,7 @@ class Trainer:
             self._check_stop(time.perf_counter())
             while self.epoch < cfg.train.epochs and self.active:
                 self._epoch()
-            return self._finish(self.write("completed"))
+            return self._finish(self.write(Status.COMPLETED))
 
     def _epoch(self) -> None:
         """Train and evaluate one epoch for every member still running."""
@@ -263,9 +222,21 @@ class Trainer:
         train = steps.means(self.state.sums)
         self._mark_unhealthy(train, self.epoch + 1)
         train_time = time.perf_counter() - start
-        val = self._evaluate_val(start) if self.val_step is not None and self.active else None
-        test = self._evaluate(self.data.x_test, self.data.y_test, start) if self.active else []
-        self._end_epoch(train, val, test, train_time, time.perf_counter() - start)
+        between = functools.partial(self._check_stop, start)
+        val = test = spectral = None
+        if self.active:
+            if self.val_step is not None:
+                val = steps.means(steps.evaluate(self.val_step, self.state, self._zero_sums(),
+                                                 self._val_batches(), between))
+            test = steps.means(steps.evaluate(self.eval_step, self.state, self._zero_sums(), steps.host_batches(
+                self.data.x_test, self.data.y_test, cfg.train.eval_batch_size, self.place.shared), between))
+            if self.spectral is not None:
+                probe = self.place.shared(self.data.x_test[:cfg.stability.spectral_batch])
+                spectral = np.asarray(self.spectral(self.state, probe))
+        self._end_epoch(train, val, test, spectral, train_time, time.perf_counter() - start)
+
+    def _zero_sums(self) -> steps.Sums:
+        return self.place.members(steps.zero_sums(len(self.members)))
 
     def _train_batch(self, orders: list[list[np.ndarray]]) -> None:
         idx = np.stack([m.train_index[order[self.batch]] for m, order in zip(self.members, orders)])
@@ -273,81 +244,73 @@ class Trainer:
         if self.cfg.dataset.augment:
             x = np.stack([augment(x[k], seeding.numpy_rng(m.seed, "augment", self.epoch, self.batch))
                           for k, m in enumerate(self.members)])
-        batch = Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx]))
-        self.state = self.train_step(self.state, batch)
+        self.state = self.train_step(self.state, Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx])))
         self.batch += 1
 
-    def _evaluate(self, x: np.ndarray, y: np.ndarray, start: float) -> list[dict[str, float]]:
-        """Per member: free-phase loss, accuracy and relaxation diagnostics over a whole split
-        (the same for every member)."""
-        sums = self.place.members(steps.zero_sums(len(self.members)))
-        for idx, valid in eval_batches(len(x), self.cfg.train.eval_batch_size):
-            mask = (np.arange(len(idx)) < valid).astype(np.float32)
-            sums = self.eval_step(self.state, sums, Batch(*map(self.place.shared, (x[idx], y[idx], mask))))
-            self._check_stop(start)
-        return steps.means(sums)
+    def _val_batches(self):
+        """Each member's own validation examples, batch by batch."""
+        from hets_ep.data import eval_batches
 
-    def _evaluate_val(self, start: float) -> list[dict[str, float]]:
-        """Per member: the same over its own validation examples."""
-        sums = self.place.members(steps.zero_sums(len(self.members)))
         for idx, valid in eval_batches(self.cfg.dataset.val_size, self.cfg.train.eval_batch_size):
             rows = np.stack([m.val_index[idx] for m in self.members])
             mask = np.broadcast_to((np.arange(len(idx)) < valid).astype(np.float32), rows.shape)
-            batch = Batch(*map(self.place.batch, (self.data.x_train[rows], self.data.y_train[rows], mask)))
-            sums = self.val_step(self.state, sums, batch)
-            self._check_stop(start)
-        return steps.means(sums)
+            yield Batch(*map(self.place.batch, (self.data.x_train[rows], self.data.y_train[rows], mask)))
 
     def _mark_unhealthy(self, stats: list[dict], epoch: int) -> None:
         for k in self.active:
-            if not _healthy(stats[k], self.cfg.train.explode_threshold):
+            s = stats[k]
+            if not (s["finite"] and np.isfinite(s["loss"]) and s["max_state"] <= self.cfg.train.explode_threshold):
                 member = self.members[k]
-                member.status, member.diverged_epoch = "diverged", epoch
-                log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch,
-                            stats[k]["loss"], stats[k]["max_state"])
+                member.status, member.diverged_epoch = Status.DIVERGED, epoch
+                log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch, s["loss"],
+                            s["max_state"])
 
-    def _end_epoch(self, train: list[dict], val: list[dict] | None, test: list[dict], train_time: float,
-                   epoch_time: float) -> None:
+    def _end_epoch(self, train: list[dict], val: list[dict] | None, test: list[dict] | None,
+                   spectral: np.ndarray | None, train_time: float, epoch_time: float) -> None:
         cfg = self.cfg
         step = (self.epoch + 1) * self.steps_per_epoch
         lrs = [lr * float(self.schedule(step)) for lr in self.rates]
-        nudged = cfg.ep.estimator != "bptt"
+        nudged, tol = cfg.ep.estimator != "bptt", cfg.ep.tol is not None
         for k in self.active:
             member, tr, te, va = self.members[k], train[k], test[k], val[k] if val else None
             watched = [getattr(r, f"{cfg.monitor}_acc") for r in member.rows] + [(va if cfg.monitor == "val" else
                                                                                   te)["acc"]]
             row = record.EpochRow(
                 epoch=self.epoch + 1,
-                train_loss=tr["loss"], train_acc=tr["acc"], test_loss=te["loss"], test_acc=te["acc"],
-                train_fp_residual=tr["fp_residual"], train_unconverged=tr["unconverged"],
-                train_step_residual=tr["step_residual"], test_fp_residual=te["fp_residual"],
-                test_unconverged=te["unconverged"], test_step_residual=te["step_residual"],
-                test_oscillation=te["oscillation"], max_state=max(tr["max_state"], te["max_state"]), lr=lrs,
-                epoch_time_s=epoch_time,
+                **{f"train_{n}": tr[n] for n in ("loss", "acc", "fp_residual", "unconverged", "step_residual",
+                                                  "free_steps", "free_steps_max", "relaxation_steps")},
+                **{f"test_{n}": te[n] for n in ("loss", "acc", "fp_residual", "unconverged", "step_residual",
+                                                 "oscillation", "free_steps")},
+                **({f"val_{n}": va[n] for n in ("loss", "acc")} if va else {}),
+                **({f"train_{n}": tr[n] for n in ("nudged_fp_residual", "nudged_unconverged", "nudged_steps",
+                                                   "nudged_steps_max")} if nudged else {}),
+                train_capped=tr["capped"] if tol else None, train_loss_spikes=int(tr["loss_spikes"]),
+                spectral_radius=float(spectral[k].mean()) if spectral is not None else None,
+                spectral_radius_max=float(spectral[k].max()) if spectral is not None else None,
+                max_state=max(tr["max_state"], te["max_state"]), lr=lrs, epoch_time_s=epoch_time,
                 samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
-                val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
-                train_nudged_fp_residual=tr["nudged_fp_residual"] if nudged else None,
-                train_nudged_unconverged=tr["nudged_unconverged"] if nudged else None,
                 **stability.epoch_monitors(watched, cfg.stability.collapse_drop),
             )
             if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
                 row = dataclasses.replace(row, **self.probe(k))
             member.rows.append(row)
             self._track(k, "epoch", row)
-            log.info("seed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
-                     member.seed, row.epoch, row.train_acc, f"val acc {row.val_acc:.4f}, " if va else "",
-                     row.test_acc, row.test_fp_residual, row.samples_per_s * len(self.members))
-        self._mark_unhealthy(test, self.epoch + 1)
+            log.info("%sseed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
+                     f"{self.name}: " if self.name else "", member.seed, row.epoch, row.train_acc,
+                     f"val acc {row.val_acc:.4f}, " if va else "", row.test_acc, row.test_fp_residual,
+                     row.samples_per_s * len(self.members))
+        if test:
+            self._mark_unhealthy(test, self.epoch + 1)
         self.epoch, self.batch = self.epoch + 1, 0
-        self.state = self.state._replace(sums=self.place.members(steps.zero_sums(len(self.members))))
+        self.state = self.state._replace(sums=self._zero_sums())
         self.elapsed += epoch_time
         self.save()
-        self.write("running")
+        self.write(Status.RUNNING)
 
-    def _make_probe(self):
+    def _make_gradient_probe(self):
         if self.cfg.ep.estimator == "bptt":
             return lambda k: {}
-        compare = ep.make_comparator(self.net, self.cfg.ep, (self.cfg.ep.estimator,))
+        compare = ep.make_comparator(self.net, self.cfg.ep, self.cfg.dynamics, (self.cfg.ep.estimator,))
         n = min(self.cfg.gradcheck.batch_size, len(self.data.x_train))
         x, y = self.data.x_train[:n], self.data.y_train[:n]
 
@@ -370,15 +333,17 @@ class Trainer:
         self.save()
         log.warning("received %s: checkpointed in epoch %d after batch %d of %d", signal.Signals(signum).name,
                     self.epoch + 1, self.batch, self.steps_per_epoch)
-        self._finish(self.write("interrupted"))
+        self._finish(self.write(Status.INTERRUPTED))
         raise RunInterrupted(signum, self.dir)
 
 
-def train(cfg: Config, run_dir: Path) -> list[record.Summary]:
-    """Train one configuration into ``run_dir``; returns the summary of each seed."""
+def train(cfg: Config, run_dir: Path, name: str = "") -> list[record.Summary]:
+    """Train one configuration into ``run_dir``; returns the summary of each seed. ``name``
+    prefixes its log lines (a sweep's job names its condition)."""
     with runtime.run_lock(run_dir):
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer(cfg, run_dir, name)
         try:
             return trainer.fit()
         finally:
-            trainer.checkpoints.close()
+            if trainer.checkpoints is not None:
+                trainer.checkpoints.close()

@@ -52,11 +52,17 @@ def batch(mnist):
     return mnist.x_train[:32], mnist.y_train[:32]
 
 
+def _env(extra: dict | None = None) -> dict:
+    """The tests' environment for a command: the test helpers (``hold``) importable."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
 def hets_ep(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the ``hets-ep`` command line in a subprocess."""
     result = subprocess.run([sys.executable, "-m", "hets_ep", *args], cwd=cwd or ROOT, capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                            text=True, timeout=timeout, env=_env(env))
     if check and result.returncode != 0:
         raise AssertionError(f"hets-ep {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -65,6 +71,44 @@ def hets_ep(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
 # Small, fast settings for runs in tests: real MNIST, a subset, a narrow network.
 TINY = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=1000", "model.hidden=[64]",
         "train.epochs=2", "train.eval_batch_size=2000", "ep.T1=15", "ep.T2=5")
+
+
+def start(*args: str, **popen) -> subprocess.Popen:
+    """Start ``hets-ep ARGS`` in a subprocess (for signals), its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "hets_ep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), **popen)
+
+
+def held(at: str, marker: Path, job: int = 0) -> list[str]:
+    """Overrides that hold a run or sweep at ``at`` until it is signalled (tests/hold.py)."""
+    return ["+hydra.callbacks.hold._target_=hold.Hold", f"+hydra.callbacks.hold.at={at}",
+            f"+hydra.callbacks.hold.marker={marker}", f"+hydra.callbacks.hold.job={job}"]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``path`` exists (the process must still run)."""
+    import time
+
+    begun = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - begun < timeout, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def setup(input_shape, dt_spec=None, seed: int = 0, **model):
+    """``(net, params, dt)``: a network from the ``model`` config's keys (its schema defaults
+    otherwise), initial weights of ``seed`` and a dt draw (scalar dt 1 unless ``dt_spec``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hets_ep.config import DtConfig, ModelConfig
+    from hets_ep.timeconstants import sample_dt
+
+    net = ModelConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in model.items()}).build(10)
+    params = net.init(jax.random.key(seed), input_shape)
+    dt, _ = sample_dt(seed, dt_spec or DtConfig("scalar", 1.0), net.state_shapes(input_shape))
+    return net, params, tuple(map(jnp.asarray, dt))
 
 
 def train_here(run_dir: Path, *overrides: str):

@@ -14,31 +14,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import MNIST_ROOT
-from hets_ep.cli import precheck
+from hets_ep.cli import parse, precheck
 from hets_ep.config import compose, group_options
 from hets_ep.data.batching import NORMALIZATIONS
+from hets_ep.dynamics import INTEGRATORS, NOISE_MODES, SCHEDULES as ORDERS
 from hets_ep.ep import ESTIMATORS
 from hets_ep.errors import HetsEpError
 from hets_ep.models import ACTIVATIONS
 from hets_ep.models.network import DYNAMICS, LOSSES
 from hets_ep.optim import SCHEDULES
-from hets_ep.timeconstants import DT_PER, SAMPLE_MODES
+from hets_ep.timeconstants import DT_PER, MATCHES, SAMPLE_MODES
 from hets_ep.train import train
 
 BASE = ["train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=64", "model.hidden=[8]",
         "train.epochs=1", "train.batch_size=16", "ep.T1=3", "ep.T2=2"]
 NUMERIC = ["dt.mean", "dt.cv", "dt.dt_min", "dt.dt_max", "ep.beta", "ep.T1", "ep.T2", "train.batch_size",
            "train.epochs", "optimizer.momentum", "optimizer.weight_decay", "seed", "dataset.subset",
-           "train.explode_threshold", "stability.collapse_drop"]
+           "train.explode_threshold", "stability.collapse_drop", "ep.N", "ep.tol", "ep.tol_every", "dynamics.noise",
+           "dt.layers", "stability.spike_factor", "stability.spectral_iters", "train.parallel_seeds"]
 NUMBERS = ["-1", "0", "0.001", "0.3", "1", "2", "7", "1e12", "1e300", "nan", "inf", "-inf", "abc", "null", "[1,2]"]
 ENUMS = {"dt": group_options("dt"), "ep": group_options("ep"), "optimizer": group_options("optimizer"),
          "ep.estimator": list(ESTIMATORS), "model.activation": list(ACTIVATIONS), "model.loss": list(LOSSES),
          "model.dynamics": list(DYNAMICS), "dataset.normalize": list(NORMALIZATIONS),
-         "optimizer.schedule": list(SCHEDULES), "dt.sample": list(SAMPLE_MODES), "dt.per": list(DT_PER)}
+         "optimizer.schedule": list(SCHEDULES), "dt.sample": list(SAMPLE_MODES), "dt.per": list(DT_PER),
+         "dt.match": list(MATCHES), "dynamics.integrator": list(INTEGRATORS), "dynamics.schedule": list(ORDERS),
+         "dynamics.noise_mode": list(NOISE_MODES), "dynamics.noise_eval": ["true", "false"],
+         "gradcheck.gdu": ["true", "false"]}
 CASES = int(os.environ.get("HETS_EP_BAD_INPUT_CASES", 220))
 # Keep runs tiny: values that would make a valid run long are left out of the strategy.
 SLOW_IF_VALID = {"ep.T1": {"1e12", "7"}, "ep.T2": {"1e12", "7"}, "train.epochs": {"7", "1e12"},
-                 "dataset.subset": {"1e12"}}
+                 "dataset.subset": {"1e12"}, "ep.N": {"1e12", "7"}, "stability.spectral_iters": {"1e12", "7"},
+                 "train.parallel_seeds": {"1e12", "7"}}
 
 numeric = st.tuples(st.sampled_from(NUMERIC), st.sampled_from(NUMBERS)).filter(
     lambda kv: kv[1] not in SLOW_IF_VALID.get(kv[0], ()))
@@ -59,7 +65,7 @@ def test_config_values_run_or_fail_with_one_line():
         stderr = io.StringIO()
         try:
             with redirect_stderr(stderr):
-                precheck(args)
+                precheck(parse("train", args))
         except SystemExit as exit_info:
             message = stderr.getvalue().strip()
             assert exit_info.code == 2 and "\n" not in message, message

@@ -46,7 +46,7 @@ def test_the_hand_written_step_is_the_runners_step(spec):
     drive = net.drive(params, batch.x[0])
     s = tuple(jax.random.uniform(jax.random.key(k), (6, *d.shape)) for k, d in enumerate(dt))
     for _ in range(3):
-        expected = step(net, params, drive, s, dt)[0]
+        expected = step(net, params, drive, s, dt, "sync")[0]
         got = bench.hand_step(net, params, drive, s, dt)
         for e, g in zip(expected, got):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)

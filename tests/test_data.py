@@ -148,7 +148,12 @@ def test_download_with_wrong_checksum_leaves_nothing(server, tmp_path):
     dest = tmp_path / "cache" / "train-labels-idx1-ubyte.gz"
     with pytest.raises(DataError, match="SHA-256"):
         fetch((server.url + dest.name,), dest, "0" * 64)
-    assert list(dest.parent.iterdir()) == []
+    assert not dest.parent.exists()  # the folder made for the download goes with it
+    dest.parent.mkdir()
+    (dest.parent / "other.gz").write_bytes(b"kept")
+    with pytest.raises(DataError, match="SHA-256"):
+        fetch((server.url + dest.name,), dest, "0" * 64)
+    assert [p.name for p in dest.parent.iterdir()] == ["other.gz"]  # a folder that was there stays
 
 
 def test_offline_error_says_where_to_put_the_file(tmp_path):
@@ -167,12 +172,13 @@ def test_offline_a_dataset_names_every_missing_file(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     sums = {name: "0" * 64 for name in FILES}
     monkeypatch.setitem(registry.SOURCES, "fashion_mnist", registry.Source(
-        registry._idx_files((f"http://127.0.0.1:{port}/",), sums), registry._read_idx_dataset))
+        registry._idx_files((f"http://127.0.0.1:{port}/",), sums), registry._read_idx_dataset, (28, 28, 1), 10, 60000))
     monkeypatch.setenv("HETS_EP_CACHE", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="could not download 4 of the 4 fashion_mnist files") as err:
         load_dataset("fashion_mnist")
     assert all(f"{name} from http://127.0.0.1:{port}/{name}" in str(err.value) for name in FILES)
     assert str(tmp_path / "cache" / "fashion_mnist") in str(err.value)
+    assert not (tmp_path / "cache" / "fashion_mnist").exists()  # no empty folder left behind
 
 
 def test_test_subset_keeps_the_first_test_examples():
@@ -194,7 +200,8 @@ def test_validation_split_is_per_seed_and_leaves_the_rest_for_training():
 def test_dataset_downloads_into_cache_on_first_use(server, tmp_path, monkeypatch):
     """A registry entry served over HTTP with real bytes: download, verify, read; then offline reuse."""
     sums = {name: _sha(MNIST_ROOT / name) for name in FILES}
-    source = registry.Source(registry._idx_files((server.url,), sums), registry._read_idx_dataset)
+    source = registry.Source(registry._idx_files((server.url,), sums), registry._read_idx_dataset, (28, 28, 1), 10,
+                             60000)
     monkeypatch.setitem(registry.SOURCES, "fashion_mnist", source)
     monkeypatch.setenv("HETS_EP_CACHE", str(tmp_path / "cache"))
     d = load_dataset("fashion_mnist", subset=100)

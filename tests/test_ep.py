@@ -1,4 +1,5 @@
-"""Gradient estimators: EP against BPTT on MNIST, the one-sided bias, random signs, memory."""
+"""Gradient estimators: EP against BPTT on MNIST, the one-sided bias, negative and random-sign
+nudging, holomorphic EP, asynchronous relaxation, the GDU check, memory."""
 
 from __future__ import annotations
 
@@ -9,47 +10,100 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hets_ep import ep
-from hets_ep.models import build_network
-from hets_ep.config import DtConfig, EPConfig
-from hets_ep.timeconstants import sample_dt
+from conftest import setup
+from hets_ep import ep, gdu
+from hets_ep.config import DtConfig, DynamicsConfig, EPConfig
+
+SYNC = DynamicsConfig()
 
 
-def _setup(input_shape, arch="mlp", dt_spec=None, seed=0, **model):
-    net = build_network(arch, 10, **model)
-    params = net.init(jax.random.key(seed), input_shape)
-    dt, _ = sample_dt(seed, dt_spec or DtConfig("scalar", 1.0), net.state_shapes(input_shape))
-    return net, params, tuple(map(jnp.asarray, dt))
+def _compare(net, params, x, y, dt, phases, estimators=ep.EP_ESTIMATORS, dynamics=SYNC):
+    return ep.make_comparator(net, phases, dynamics, estimators)(params, jnp.asarray(x), jnp.asarray(y), dt,
+                                                                 jax.random.key(1))
 
 
-def _compare(net, params, x, y, dt, phases, estimators=ep.EP_ESTIMATORS):
-    return ep.make_comparator(net, phases, estimators)(params, jnp.asarray(x), jnp.asarray(y), dt,
-                                                       jax.random.key(1))
+def _min_cosine(report, name):
+    return min(v["cosine"] for v in report["estimators"][name].values())
 
 
 @pytest.mark.parametrize("hidden", [(256,), (128, 64)])
 def test_symmetric_ep_matches_bptt_on_mnist(batch, hidden):
     x, y = batch
-    net, params, dt = _setup(x.shape[1:], hidden=hidden, activation="steep_sigmoid", dt_spec=DtConfig("scalar", 0.5))
-    report = _compare(net, params, x, y, dt, EPConfig("symmetric", beta=0.05, T1=250, T2=120))
-    assert report["free_residual"] < 1e-5
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.5), hidden=hidden, activation="steep_sigmoid")
+    report = _compare(net, params, x, y, dt, EPConfig("symmetric", beta=0.05, T1=250, T2=120),
+                      ("one_sided", "negative", "symmetric"))
+    assert report["free_step_residual"] < 1e-5 and report["free_fp_residual"] < 1e-5
     symmetric = report["estimators"]["symmetric"]
     for tensor, v in symmetric.items():
         assert v["cosine"] >= 0.99, (tensor, v)
         assert 0.9 < v["norm_ratio"] < 1.1, (tensor, v)
-    one_sided = report["estimators"]["one_sided"]
-    # One-sided EP carries an O(β) bias that the symmetric estimate cancels.
+    # One-sided EP carries an O(β) bias that the symmetric estimate cancels; −β has the same
+    # bias with the other sign, so the two one-sided estimates straddle the symmetric one.
     mean_error = lambda r: np.mean([abs(1 - v["norm_ratio"]) + (1 - v["cosine"]) for v in r.values()])  # noqa: E731
-    assert mean_error(one_sided) > mean_error(symmetric)
+    for name in ("one_sided", "negative"):
+        assert mean_error(report["estimators"][name]) > mean_error(symmetric)
+    plus, minus = (report["estimators"][n]["layers_1/kernel"]["norm_ratio"] for n in ("one_sided", "negative"))
+    assert (plus - symmetric["layers_1/kernel"]["norm_ratio"]) * (minus - symmetric["layers_1/kernel"]["norm_ratio"]) < 0
 
 
 def test_energy_dynamics_ep_matches_bptt(batch):
     x, y = batch
-    net, params, dt = _setup(x.shape[1:], hidden=(128,), activation="steep_sigmoid", dynamics="energy",
-                             dt_spec=DtConfig("scalar", 0.2))
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.2), hidden=(128,), activation="steep_sigmoid",
+                            dynamics="energy")
     report = _compare(net, params, x, y, dt, EPConfig("symmetric", beta=0.01, T1=400, T2=200), ("symmetric",))
     for tensor, v in report["estimators"]["symmetric"].items():
         assert v["cosine"] >= 0.99, (tensor, v)
+
+
+def test_holomorphic_ep_with_two_points_is_the_symmetric_estimator(batch):
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], DtConfig("lognormal", 0.5, cv=0.5), hidden=(64,),
+                            activation="steep_sigmoid")
+    phases = EPConfig("symmetric", beta=0.3, N=2, T1=60, T2=30)
+    symmetric = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, phases, SYNC)
+    holo = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt,
+                          dataclasses.replace(phases, estimator="holomorphic"), SYNC)
+    for a, b in zip(jax.tree.leaves(symmetric.grads), jax.tree.leaves(holo.grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert int(holo.relaxation_steps) == 60 + 2 * 30
+
+
+@pytest.mark.parametrize("dt_spec", [DtConfig("scalar", 1.0), DtConfig("lognormal", 0.5, cv=0.5)],
+                         ids=["scalar", "per-neuron"])
+def test_holomorphic_ep_is_exact_at_finite_beta(batch, dt_spec):
+    """With converged phases and |β| = 0.2, N = 4 agrees with BPTT to cosine ≥ 0.999 for every
+    weight tensor, where the symmetric estimator (N = 2) at the same |β| agrees less: the
+    holomorphic estimate's error is O(|β|^N), the symmetric one's O(β²)."""
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], dt_spec, hidden=(256,), activation="steep_sigmoid")
+    steps = 300 if dt_spec.dist == "scalar" else 500
+    report = _compare(net, params, x, y, dt, EPConfig("holomorphic", beta=0.2, N=4, T1=steps, T2=steps),
+                      ("symmetric", "holomorphic"))
+    holo, symmetric = _min_cosine(report, "holomorphic"), _min_cosine(report, "symmetric")
+    print(f"\n{dt_spec.dist} dt, |β| 0.2: min cosine with BPTT, holomorphic N=4 {holo:.6f}, symmetric {symmetric:.6f}")
+    assert report["free_fp_residual"] < 1e-5
+    assert holo >= 0.999 and holo > symmetric
+
+
+def test_holomorphic_ep_under_noise_and_async_updates_runs(batch):
+    """Noise (real, on the complex field) and the async order compose with complex phases."""
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], DtConfig("lognormal", 0.5, cv=0.5), hidden=(32,),
+                            activation="steep_sigmoid")
+    est = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, EPConfig("holomorphic", beta=0.2, N=6,
+                                                                                   T1=40, T2=20),
+                         DynamicsConfig(schedule="async", noise=0.02), noise_key=jax.random.key(0))
+    assert all(bool(jnp.all(jnp.isfinite(g))) and g.dtype == jnp.float32 for g in jax.tree.leaves(est.grads))
+    assert int(est.relaxation_steps) == 40 + 4 * 20  # N = 6: k = 0 … 3 simulated
+
+
+def test_bptt_through_the_async_schedule_still_matches_ep(batch):
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], DtConfig("lognormal", 0.5, cv=0.5), hidden=(64,),
+                            activation="steep_sigmoid")
+    report = _compare(net, params, x, y, dt, EPConfig("symmetric", beta=0.05, T1=200, T2=120), ("symmetric",),
+                      DynamicsConfig(schedule="async"))
+    assert _min_cosine(report, "symmetric") >= 0.99
 
 
 @pytest.mark.slow
@@ -57,24 +111,44 @@ def test_convnet_ep_matches_bptt(batch):
     """Average pooling keeps Φ smooth; max pooling is not differentiable at ties (flat MNIST
     background gives many), where EP and BPTT legitimately disagree."""
     x, y = batch
-    net, params, dt = _setup(x.shape[1:], arch="convnet", channels=(4, 8), pool="avg", activation="steep_sigmoid",
-                             loss="ce", dt_spec=DtConfig("scalar", 0.5))
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.5), arch="convnet", channels=(4, 8), pool="avg",
+                            activation="steep_sigmoid", loss="ce")
     report = _compare(net, params, x[:16], y[:16], dt, EPConfig("symmetric", beta=0.05, T1=150, T2=80),
-                      ("symmetric",))
-    for tensor, v in report["estimators"]["symmetric"].items():
-        assert v["cosine"] >= 0.99, (tensor, v)
+                      ("symmetric", "holomorphic"))
+    for name in ("symmetric", "holomorphic"):
+        for tensor, v in report["estimators"][name].items():
+            assert v["cosine"] >= 0.99, (name, tensor, v)
 
 
-def test_random_sign_uses_both_signs(batch):
+def test_random_sign_uses_both_signs_and_negative_nudges_down(batch):
     x, y = batch
-    net, params, dt = _setup(x.shape[1:], hidden=(64,), activation="steep_sigmoid")
+    net, params, dt = setup(x.shape[1:], hidden=(64,), activation="steep_sigmoid")
     phases = EPConfig("random_sign", beta=0.3, T1=60, T2=30)
-    plus = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt,
-                          dataclasses.replace(phases, estimator="one_sided"))
-    grads = [ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, phases, jax.random.key(k)).grads
-             for k in range(8)]
-    same = [all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(plus.grads))) for g in grads]
-    assert any(same) and not all(same)
+    args = (net, params, jnp.asarray(x), jnp.asarray(y), dt)
+    plus = ep.ep_estimate(*args, dataclasses.replace(phases, estimator="one_sided"), SYNC)
+    minus = ep.ep_estimate(*args, dataclasses.replace(phases, estimator="negative"), SYNC)
+    grads = [ep.ep_estimate(*args, phases, SYNC, jax.random.key(k)).grads for k in range(8)]
+    same = lambda g, h: all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(h)))  # noqa: E731
+    assert any(same(g, plus.grads) for g in grads) and any(same(g, minus.grads) for g in grads)
+    assert not same(plus.grads, minus.grads)
+
+
+@pytest.mark.parametrize("dt_spec", [DtConfig("scalar", 0.2), DtConfig("lognormal", 0.2, cv=0.5)],
+                         ids=["scalar", "per-neuron"])
+def test_gdu_holds_step_by_step_with_a_converged_free_phase_and_fails_without(batch, dt_spec):
+    """Energy dynamics at small β: EP's per-step increments of states (scaled by each neuron's
+    response P) and of weights equal BPTT's gradients at the matching steps; a free phase cut
+    short breaks it."""
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], dt_spec, hidden=(64,), activation="steep_sigmoid", dynamics="energy")
+    phases = EPConfig(beta=0.001, T1=600, T2=12)
+    converged = gdu.check(net, params, x, y, dt, phases, SYNC, 12)
+    assert converged["free_fp_residual"] < 1e-5
+    for name, v in converged["tensors"].items():
+        assert v["relative_rmse"] <= 0.05 and v["sign_agreement"] >= 0.95, (name, v)
+    cut = gdu.check(net, params, x, y, dt, dataclasses.replace(phases, T1=20), SYNC, 12)
+    assert max(v["relative_rmse"] for v in cut["tensors"].values()) > 1.0
+    assert min(v["sign_agreement"] for v in cut["tensors"].values()) < 0.9
 
 
 @pytest.mark.slow

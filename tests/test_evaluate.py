@@ -43,7 +43,7 @@ def test_evaluating_on_another_dataset_of_the_same_shape(run, tmp_path):
 
 
 def test_evaluate_refuses_what_it_cannot_do(run, tmp_path):
-    with pytest.raises(HetsEpError, match="evaluate takes dataset=NAME"):
+    with pytest.raises(HetsEpError, match="train.epochs=3: evaluate changes only dataset, dt, dynamics"):
         evaluate(run, ["train.epochs=3"])
     with pytest.raises(HetsEpError, match="not a run directory"):
         evaluate(tmp_path, [])

@@ -11,12 +11,12 @@ import pytest
 from hets_ep import optim
 from hets_ep.config import OptimizerConfig
 from hets_ep.errors import ConfigError
-from hets_ep.models import build_network
+from hets_ep.config import ModelConfig
 
 
 @pytest.fixture
 def params():
-    return build_network("mlp", 10, hidden=(8, 6)).init(jax.random.key(0), (4, 4, 1))
+    return ModelConfig(hidden=[8, 6]).build(10).init(jax.random.key(0), (4, 4, 1))
 
 
 def _step(cfg: OptimizerConfig, params, grads, steps_per_epoch=10, epochs=5):

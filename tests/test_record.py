@@ -45,7 +45,10 @@ def test_a_version_1_run_directory_still_reads():
     assert run.rows[0].test_step_residual == pytest.approx(0.004262809371948242)  # was `test_residual`
     assert run.rows[0].test_fp_residual is None  # not measured then
     assert run.rows[1].best_acc == run.summary.best_test_acc == run.summary.best_acc
-    assert run.summary.monitor == "test" and run.summary.late_test_acc is None
+    # today's definitions fill what version 1 did not compute, from its rows
+    assert run.summary.monitor == "test" and run.summary.late_test_acc == pytest.approx((0.6806 + 0.7469) / 2)
+    assert run.summary.stability["relaxation_steps"] is None and run.summary.stability["max_drawdown"] == 0.0
+    assert run.config["dt.match"] == "mean" and run.config["dynamics.integrator"] == "euler"
 
 
 def test_a_newer_record_is_refused_with_the_version_it_needs(tmp_path):
@@ -57,9 +60,11 @@ def test_a_newer_record_is_refused_with_the_version_it_needs(tmp_path):
 
 
 def test_a_failed_run_holds_nothing_to_lose(tmp_path):
-    record.write_summary(tmp_path, record.failed(7, "dataset.path: not found"))
+    record.write_summary(tmp_path, record.failed(7, "dataset.path: not found", versions={}, runtime={}))
     assert not record.holds_run(tmp_path) and record.read_summary(tmp_path).error == "dataset.path: not found"
     (tmp_path / record.CHECKPOINTS).mkdir()
+    assert not record.holds_run(tmp_path)  # an empty checkpoint folder holds nothing either
+    (tmp_path / record.CHECKPOINTS / "40").mkdir()
     assert record.holds_run(tmp_path)
 
 

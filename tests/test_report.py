@@ -13,7 +13,7 @@ from scipy import stats
 
 from conftest import MNIST_ROOT, ROOT, hets_ep
 from hets_ep import record
-from hets_ep.report import build_report
+from hets_ep.report import ReportOptions, analyse, build_report, tables
 
 # Tiny runs: 3 epochs (the late window) on 320 images, a 500-image test set.
 SMALL = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=320", "dataset.test_subset=500",
@@ -33,8 +33,9 @@ def sweep(tmp_path_factory):
     return root
 
 
-def _fake_run(path, seed: int, accs: list[float], **config):
-    """A run record with a chosen test-accuracy curve (for cases with known answers)."""
+def _fake_run(path, seed: int, accs: list[float], status: str = "completed", **config):
+    """A run record with a chosen test-accuracy curve (for cases with known answers), its
+    summary built as the trainer builds it."""
     from omegaconf import OmegaConf
 
     from hets_ep import atomic
@@ -48,13 +49,12 @@ def _fake_run(path, seed: int, accs: list[float], **config):
                             train_fp_residual=0.01, train_unconverged=0.1, train_step_residual=0.01,
                             test_fp_residual=0.01, test_unconverged=0.1, test_step_residual=0.01, test_oscillation=0,
                             max_state=1, lr=[0.1], epoch_time_s=1, samples_per_s=1, best_acc=max(accs[:i + 1]),
-                            drawdown=0, collapses_so_far=0) for i, a in enumerate(accs)]
+                            drawdown=0, collapses_so_far=0, train_relaxation_steps=100.0, train_loss_spikes=0)
+            for i, a in enumerate(accs)]
     record.write_rows(path, rows)
-    record.write_summary(path, record.Summary(
-        status="completed", seed=seed, epochs_completed=len(accs), epochs_planned=len(accs), monitor="test",
-        best_acc=max(accs), best_epoch=1, test_acc_at_best=max(accs), best_test_acc=max(accs), final_test_acc=accs[-1],
-        late_test_acc=None, final_train_acc=accs[-1], stability={}, versions={},
-        dt={"mean": config.get("dt.mean", 0.5), "cv": config.get("dt.cv", 0.0)}, timings={"total_s": 1.0}))
+    dt = {"mean": config.get("dt.mean", 0.5), "cv": config.get("dt.cv", 0.0)}
+    record.write_summary(path, record.summarize(rows, status, seed, OmegaConf.to_object(cfg), 10, dt=dt,
+                                                timings={"total_s": 1.0}, versions={}, runtime={}))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_per_seed_table_and_paired_tests_equal_direct_computations(sweep, tmp_pa
     conditions = pd.read_csv(out / "conditions.csv")
     assert conditions.set_index("condition").loc["lognormal μ=0.30 cv=0.50", "late_mean"] == pytest.approx(np.mean(a))
     text = (out / "report.md").read_text()
-    assert "**Metric:** `late`" in text and "**Correction:** Holm over the family at α = 0.05" in text
+    assert "**Metric:** `late`" in text and "p after Holm's correction over the family at α = 0.05 decides" in text
     for name in ("learning_curves.png", "paired_differences.png", "dt_histograms.png", "convergence.png"):
         assert (out / name).stat().st_size > 10_000, name
 
@@ -128,7 +128,8 @@ def test_runs_of_another_context_are_not_paired(sweep, tmp_path):
 
 def test_best_baseline_equivalent_step_and_robustness_map(grid, tmp_path):
     out = tmp_path / "report"
-    text = build_report([grid], out, baseline="best", equivalent="dt.mean", robust=["optimizer.lr_scale", "dt.mean"])
+    text = build_report([grid], out, ReportOptions(baseline="best", equivalent="dt.mean",
+                                                   robust=("optimizer.lr_scale", "dt.mean")))
     comps = pd.read_csv(out / "comparisons.csv")
     # The best scalar condition of each context (lr_scale): mean 0.5 at both.
     assert set(comps[comps["keys"].str.endswith("lr_scale=1")]["baseline"]) == {"scalar μ=0.50 lr_scale=1"}
@@ -169,3 +170,75 @@ def test_a_sweep_ends_with_a_summary_table_and_its_report(sweep):
     table = (sweep / "sweep_end.txt").read_text()
     assert "late % [95% CI]" in table and "lognormal μ=0.30 cv=0.50" in table and "scalar μ=0.50" in table
     assert (sweep / "grid" / "report" / "report.md").is_file() and (sweep / "grid" / "report" / "seeds.csv").is_file()
+
+
+def test_a_seed_that_appears_twice_counts_once_and_the_other_is_named(tmp_path):
+    """A rerun sweep, two overlapping folders, a copied run: one run per (condition, seed), the
+    finished one written last, and the others named; --strict refuses instead."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in range(3):
+        _fake_run(first / str(seed), seed, [0.9, 0.91, 0.92 + 0.001 * seed])
+        _fake_run(first / f"l{seed}", seed, [0.9, 0.92, 0.93 + 0.001 * seed], **{"dt.dist": "lognormal", "dt.cv": 0.5})
+    _fake_run(second / "0", 0, [0.9, 0.91, 0.5])                       # the rerun of seed 0, written last
+    _fake_run(second / "1", 1, [0.9, 0.2, 0.1], status="interrupted")  # an unfinished rerun of seed 1
+    shutil.copytree(first / "2", second / "copy")                       # a copied run
+    out = tmp_path / "report"
+    text = build_report([first, second, first / "0"], out)               # first/0 is named twice, too
+    seeds = pd.read_csv(out / "seeds.csv")
+    scalar = seeds[seeds["dt.dist"] == "scalar"].set_index("seed")
+    assert len(scalar) == 3 and scalar.loc[0, "path"] == str(second / "0")  # the finished run written last
+    assert scalar.loc[1, "path"] == str(first / "1") and scalar.loc[0, "late"] == pytest.approx((0.9 + 0.91 + 0.5) / 3)
+    assert f"{first / '0'} (kept {second / '0'})" in text and f"{second / '1'} (kept {first / '1'})" in text
+    comparison = pd.read_csv(out / "comparisons.csv").iloc[0]
+    assert comparison["pairs"] == 3
+    result = hets_ep("report", str(first), str(second), "--strict", "--out", str(tmp_path / "strict"))
+    assert result.returncode == 2 and "appears 2 times in one condition" in result.stderr
+
+
+def test_unfinished_runs_are_counted_not_scored_and_the_tables_say_why(tmp_path):
+    for seed in range(2):
+        _fake_run(tmp_path / f"s{seed}", seed, [0.9, 0.91, 0.92])
+        _fake_run(tmp_path / f"l{seed}", seed, [0.9, 0.93, 0.95], **{"dt.dist": "lognormal", "dt.cv": 0.5})
+    _fake_run(tmp_path / "l2", 2, [0.5, 0.6], status="interrupted", **{"dt.dist": "lognormal", "dt.cv": 0.5})
+    _fake_run(tmp_path / "s2", 2, [0.5, 0.6, 0.7])
+    analysis = analyse([tmp_path])
+    lognormal = next(c for c in analysis.conditions if c.values["dt.dist"] == "lognormal")
+    assert list(lognormal.metric("late").index) == [0, 1]  # the interrupted seed 2 has no late accuracy
+    compact = tables.compact(analysis)
+    assert "interrupted" in compact.splitlines()[0]
+    assert [line.split()[-2] for line in compact.splitlines()[1:]] == ["1", "0"]  # lognormal, then scalar
+    text = tables.markdown(analysis)
+    assert "2 paired seeds per comparison" in text and "2–2" not in text
+    assert "(no CI: < 3 seeds)" in text and "the 95% BCa bootstrap interval over seeds is descriptive" in text
+
+
+def test_tracker_settings_never_make_a_condition(tmp_path):
+    _fake_run(tmp_path / "plain", 0, [0.9, 0.91, 0.92])
+    from hets_ep.config import MLflowConfig
+
+    _fake_run(tmp_path / "tracked", 1, [0.9, 0.91, 0.93], **{"logger.mlflow": MLflowConfig("sqlite:///x.db")})
+    assert len(analyse([tmp_path]).conditions) == 1
+
+
+def test_secondary_endpoints_and_the_spread_test_equal_scipy(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(6):
+        base = 0.9 + 0.01 * rng.standard_normal()
+        _fake_run(tmp_path / f"s{seed}", seed, [0.8, base - 0.1 * rng.random(), base])
+        _fake_run(tmp_path / f"l{seed}", seed, [0.8, base + 0.01, base + 0.005 * rng.standard_normal()],
+                  **{"dt.dist": "lognormal", "dt.cv": 0.5})
+    analysis = analyse([tmp_path], ReportOptions(equivalence=1.0))
+    row = analysis.comparisons.iloc[0]
+    seeds = pd.concat([c.table.assign(dist=c.values["dt.dist"]) for c in analysis.conditions])
+    a = 100 * seeds[seeds.dist == "lognormal"].sort_values("seed")["late"].to_numpy()
+    b = 100 * seeds[seeds.dist == "scalar"].sort_values("seed")["late"].to_numpy()
+    assert row["p_brown_forsythe"] == pytest.approx(stats.levene(a, b, center="median").pvalue)
+    from statsmodels.stats.weightstats import ttost_paired
+
+    assert row["p_tost"] == pytest.approx(ttost_paired(a, b, -1.0, 1.0)[0])
+    drawdown = analysis.secondary.set_index("endpoint").loc["max_drawdown"]
+    da = 100 * seeds[seeds.dist == "lognormal"].sort_values("seed")["max_drawdown"].to_numpy()
+    db = 100 * seeds[seeds.dist == "scalar"].sort_values("seed")["max_drawdown"].to_numpy()
+    assert drawdown["mean_diff"] == pytest.approx(np.mean(da - db))
+    assert drawdown["p_t"] == pytest.approx(stats.ttest_rel(da, db).pvalue)
+    assert set(analysis.secondary["endpoint"]) >= {"max_drawdown", "jitter", "loss_spikes", "relaxation_steps"}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hets_ep.stability import collapses, drawdowns, epoch_monitors, run_statistics
+from hets_ep.config import StabilityConfig
+from hets_ep.stability import collapses, curve_statistics, drawdowns, epoch_monitors
+
+DEFAULTS = StabilityConfig()
 
 
 def test_monotone_curve_has_no_collapse():
-    stats = run_statistics([0.5, 0.8, 0.9, 0.95], classes=10)
+    stats = curve_statistics([0.5, 0.8, 0.9, 0.95], 10, DEFAULTS)
     assert stats["collapse_count"] == 0 and stats["max_drawdown"] == 0.0
     assert stats["epochs_to_target"] == 3 and not stats["never_learned"]
 
@@ -20,7 +23,7 @@ def test_two_collapses_one_recovered():
     assert events[0]["recovery_epochs"] == 2  # back within 5 points of 0.93 at epoch 5
     assert events[0]["depth"] == pytest.approx(0.13)
     assert events[1]["recovery_epochs"] is None
-    stats = run_statistics(accs, classes=10, collapse_drop=0.05, jitter_window=3)
+    stats = curve_statistics(accs, 10, StabilityConfig(collapse_drop=0.05, jitter_window=3))
     assert stats["collapse_count"] == 2 and stats["unrecovered_collapses"] == 1
     assert stats["mean_recovery_epochs"] == 2.0
     assert stats["max_drawdown"] == pytest.approx(0.13)
@@ -32,13 +35,13 @@ def test_small_dips_are_not_collapses():
 
 
 def test_never_learned_is_not_a_collapse():
-    stats = run_statistics([0.10, 0.11, 0.098, 0.102], classes=10)
+    stats = curve_statistics([0.10, 0.11, 0.098, 0.102], 10, DEFAULTS)
     assert stats["never_learned"] and stats["collapse_count"] == 0
     assert stats["epochs_to_target"] is None
 
 
 def test_jitter_is_the_std_of_the_last_epochs():
-    stats = run_statistics([0.1, 0.5, 0.9, 0.92, 0.9, 0.92], classes=10, jitter_window=4)
+    stats = curve_statistics([0.1, 0.5, 0.9, 0.92, 0.9, 0.92], 10, StabilityConfig(jitter_window=4))
     assert stats["jitter"] == pytest.approx(0.01)
 
 
@@ -48,5 +51,5 @@ def test_epoch_monitors():
 
 
 def test_empty_curve():
-    stats = run_statistics([], classes=10)
+    stats = curve_statistics([], 10, DEFAULTS)
     assert stats["epochs"] == 0 and stats["never_learned"]

@@ -12,44 +12,52 @@ import pytest
 
 from conftest import ROOT, train_here
 from hets_ep import record, steps
-from hets_ep.config import DtConfig, EPConfig
-from hets_ep.models import build_network
+from hets_ep.config import DtConfig, DynamicsConfig, EPConfig, ModelConfig, StabilityConfig
 from hets_ep.timeconstants import sample_dt
 
 
-def _state(mnist, members=1, hidden=(32,)):
-    net = build_network("mlp", 10, hidden=hidden)
-    params = steps.stack([net.init(jax.random.key(s), mnist.input_shape) for s in range(members)])
-    dt = steps.stack([tuple(map(jnp.asarray, sample_dt(s, DtConfig("lognormal", 0.5, cv=0.5),
-                                                       net.state_shapes(mnist.input_shape))[0]))
-                      for s in range(members)])
+def _state(mnist, members=1, hidden=(32,), spike_window=50):
+    net = ModelConfig(hidden=list(hidden)).build(10)
+    dts = [sample_dt(s, DtConfig("lognormal", 0.5, cv=0.5), net.state_shapes(mnist.input_shape))[0]
+           for s in range(members)]
     tx = optax.sgd(0.1)
-    state = steps.TrainState(params, jax.vmap(tx.init)(params), steps.zero_sums(members), dt,
-                             jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(members)]),
-                             jnp.zeros((members,), jnp.int32))
-    return net, tx, state
+    return net, tx, steps.init_state(net, tx, mnist.input_shape, range(members), dts, spike_window)
 
 
 def test_train_step_compiles_once_donates_the_state_and_counts(mnist):
     net, tx, state = _state(mnist)
-    train_step = steps.make_train_step(net, EPConfig(T1=5, T2=2), tx, 1e-3)
+    train_step = steps.make_train_step(net, EPConfig(T1=5, T2=2), DynamicsConfig(), tx, StabilityConfig())
     for i in range(3):
         sl = slice(16 * i, 16 * (i + 1))
         old = state
         state = train_step(state, steps.Batch(mnist.x_train[None, sl], mnist.y_train[None, sl]))
         assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.params))  # updated in place
     assert train_step._cache_size() == 1
-    assert int(state.step[0]) == 3 and float(state.sums.count[0]) == 48
-    assert 0 <= float(state.sums.correct[0]) <= 48 and bool(state.sums.finite[0])
+    assert int(state.step[0]) == 3 and float(state.sums.count[0]) == 48 and float(state.sums.batches[0]) == 3
+    assert 0 <= float(state.sums.acc[0]) <= 48 and bool(state.sums.finite[0])
+    # symmetric EP: a free phase of 5 steps and two nudged phases of 2, per batch
+    assert float(state.sums.relaxation_steps[0]) == 3 * (5 + 2 * 2) and float(state.sums.free_steps_max[0]) == 5
+
+
+def test_a_loss_above_the_running_median_is_a_spike():
+    recent = jnp.full((4,), jnp.nan)
+    seen = []
+    for step_number, loss in enumerate([9.0, 1.2, 0.9, 1.1, 3.5, 1.0, 2.9, 6.5]):
+        spike, recent = steps._spike(recent, jnp.float32(loss), jnp.int32(step_number), 3.0)
+        seen.append(bool(spike))
+    # Spikes count once the window is full (the 9.0 of the first batch has no history): 3.5 >
+    # 3 × median(9.0, 1.2, 0.9, 1.1) = 3.45; 2.9 < 3 × median(3.5, 1.0, 0.9, 1.1) = 3.15; 6.5 >
+    # 3 × median(3.5, 1.0, 2.9, 1.1) = 6.0.
+    assert seen == [False, False, False, False, True, False, False, True]
 
 
 def test_eval_step_masks_padding_and_shares_the_batch(mnist):
     net, tx, state = _state(mnist, members=2)
-    eval_step = steps.make_eval_step(net, EPConfig(T1=5, T2=2), 1e-3)
+    eval_step = steps.make_eval_step(net, EPConfig(T1=5, T2=2), DynamicsConfig(), 1e-3)
     x, y = mnist.x_test[:8], mnist.y_test[:8]
-    full = eval_step(state, steps.zero_sums(2), steps.Batch(x, y, jnp.ones(8)))
-    half = eval_step(state, steps.zero_sums(2), steps.Batch(x, y, (jnp.arange(8) < 4).astype(jnp.float32)))
-    first = eval_step(state, steps.zero_sums(2), steps.Batch(x[:4], y[:4], jnp.ones(4)))
+    full = eval_step(state, steps.zero_sums(2), steps.Batch(x, y, jnp.ones(8)), 0)
+    half = eval_step(state, steps.zero_sums(2), steps.Batch(x, y, (jnp.arange(8) < 4).astype(jnp.float32)), 0)
+    first = eval_step(state, steps.zero_sums(2), steps.Batch(x[:4], y[:4], jnp.ones(4)), 0)
     assert np.asarray(full.count).tolist() == [8, 8] and np.asarray(half.count).tolist() == [4, 4]
     np.testing.assert_allclose(np.asarray(half.loss), np.asarray(first.loss), rtol=1e-6)
     assert float(full.loss[0]) != float(full.loss[1])  # members have their own weights and dt

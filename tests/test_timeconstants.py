@@ -38,7 +38,7 @@ def test_realised_mean_and_cv_equal_the_request_inside_the_bounds(dist, mean, cv
 
 def test_without_matching_truncation_moves_the_mean_and_narrows_the_spread():
     spec = dict(dist="lognormal", mean=0.8, cv=0.5, dt_max=1.0)
-    _, raw = sample_dt(0, DtConfig(**spec, match_mean=False, match_cv=False), [(20000,)])
+    _, raw = sample_dt(0, DtConfig(**spec, match="none", match_cv=False), [(20000,)])
     sigma = math.sqrt(math.log(1.25))  # 0.8·Z, Z lognormal with mean 1 and cv 0.5, given 0.01 ≤ 0.8·Z ≤ 1
     truncated_mean = stats.lognorm(s=sigma, scale=0.8 * math.exp(-sigma**2 / 2)).expect(lb=0.01, ub=1.0,
                                                                                         conditional=True)
@@ -63,11 +63,39 @@ def test_scalar_is_constant():
     assert np.all(_flat(dt) == np.float32(0.7)) and stats["cv"] == 0.0
 
 
-def test_layerwise_is_constant_within_layers_and_varies_across():
-    dt, stats = sample_dt(0, DtConfig("layerwise", mean=0.4, cv=0.5, dt_max=2.0, match_cv=False), SHAPES)
-    assert all(np.unique(d).size == 1 for d in dt)
-    assert len({float(d.ravel()[0]) for d in dt}) == 3
-    assert stats["mean"] == pytest.approx(0.4, rel=1e-4)  # over neurons: big layers weigh more
+def test_layerwise_is_one_fixed_value_per_layer_the_same_for_every_seed():
+    """The quantile rule: layer l of L gets the (l + ½)/L quantile of the family, scaled so the
+    layers' mean (each layer once) is the request; no seed moves it (study 2's draw let the
+    output layer's dt wander from 0.68 to 1.99)."""
+    spec = DtConfig("layerwise", mean=0.4, cv=0.5, dt_max=2.0)
+    draws = [sample_dt(seed, spec, SHAPES)[0] for seed in range(5)]
+    for dt in draws:
+        assert all(np.unique(d).size == 1 for d in dt)
+        assert [float(d[0]) for d in dt] == [float(d[0]) for d in draws[0]]
+    values = np.array([float(d[0]) for d in draws[0]])
+    sigma = math.sqrt(math.log1p(0.5**2))
+    quantiles = stats.lognorm(s=sigma, scale=math.exp(-sigma**2 / 2)).ppf([1 / 6, 3 / 6, 5 / 6])
+    np.testing.assert_allclose(values, 0.4 * quantiles / quantiles.mean(), rtol=1e-6)
+    assert values.mean() == pytest.approx(0.4, rel=1e-6) and np.all(np.diff(values) > 0)
+    chosen, _ = sample_dt(3, DtConfig("layerwise", mean=0.4, layers=[0.3, 0.9, 0.5]), SHAPES)
+    assert [float(d[0]) for d in chosen] == pytest.approx([0.3, 0.9, 0.5])
+
+
+@pytest.mark.parametrize("match", ["geomean", "tau"])
+@pytest.mark.parametrize("dist", ["lognormal", "gamma"])
+def test_the_matched_statistic_is_the_one_held_equal(match, dist):
+    """dt.match=geomean holds the geometric mean of dt at dt.mean, tau the harmonic mean (the
+    mean time constant); all three means and the cv of dt and τ are recorded either way."""
+    dt, stats = sample_dt(0, DtConfig(dist, mean=0.5, cv=0.5, dt_max=2.0, match=match), SHAPES)
+    flat = _flat(dt)
+    geomean, hmean = float(np.exp(np.mean(np.log(flat)))), float(1 / np.mean(1 / flat))
+    assert (geomean if match == "geomean" else hmean) == pytest.approx(0.5, rel=1e-4)
+    assert flat.std() / flat.mean() == pytest.approx(0.5, rel=1e-3)
+    assert flat.mean() > geomean > hmean  # so the matched mean step of the others is larger
+    assert stats["geomean"] == pytest.approx(geomean) and stats["hmean"] == pytest.approx(hmean)
+    assert stats["tau_cv"] == pytest.approx(float(np.std(1 / flat) / np.mean(1 / flat)))
+    scalar, scalar_stats = sample_dt(0, DtConfig("scalar", mean=0.5, match=match), SHAPES)
+    assert scalar_stats["mean"] == scalar_stats["geomean"] == pytest.approx(scalar_stats["hmean"])
 
 
 def test_per_channel_conv_dt_counts_each_value_once_per_neuron():
@@ -91,12 +119,12 @@ def test_tau_sampling_makes_dt_reciprocal_and_still_matches():
 
 @pytest.mark.parametrize("dist", DISTRIBUTIONS)
 def test_same_seed_same_draw_other_seed_other_draw(dist):
-    spec = DtConfig(dist, mean=0.5, cv=0.0 if dist == "scalar" else 0.3, match_cv=dist != "layerwise")
+    spec = DtConfig(dist, mean=0.5, cv=0.0 if dist == "scalar" else 0.3)
     a, _ = sample_dt(7, spec, SHAPES)
     b, _ = sample_dt(7, spec, SHAPES)
     c, _ = sample_dt(8, spec, SHAPES)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    if dist != "scalar":
+    if dist not in ("scalar", "layerwise"):  # layerwise is the same at every seed
         assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 

@@ -50,7 +50,9 @@ def _open(url: str, timeout: float):
 
 
 def fetch(urls: tuple[str, ...], dest: Path, sha256: str, timeout: float = 30.0) -> Path:
-    """Download ``dest`` from the first of ``urls`` that answers; verify; move into place."""
+    """Download ``dest`` from the first of ``urls`` that answers; verify; move into place. Its
+    folder is made for the download and removed again if the download fails and leaves it empty."""
+    made = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     errors = []
@@ -73,6 +75,8 @@ def fetch(urls: tuple[str, ...], dest: Path, sha256: str, timeout: float = 30.0)
             continue
         os.replace(part, dest)
         return dest
+    if made and not any(dest.parent.iterdir()):
+        dest.parent.rmdir()
     raise DownloadError(
         f"could not download {dest.name} ({'; '.join(errors)}). If this machine is offline, fetch it on "
         f"another machine from {urls[0]} and place it at {dest}, or pass dataset.root=DIR with the files",

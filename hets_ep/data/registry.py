@@ -36,6 +36,9 @@ class RemoteFile:
 class Source:
     files: tuple[RemoteFile, ...]
     read: Callable[[dict[str, Path]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    input_shape: tuple[int, ...]   # one image (H, W, C)
+    classes: int
+    train_size: int
     shipped: bool = False
 
 
@@ -70,6 +73,7 @@ SOURCES: dict[str, Source] = {
             },
         ),
         _read_idx_dataset,
+        (28, 28, 1), 10, 60000,
         shipped=True,
     ),
     "fashion_mnist": Source(
@@ -83,11 +87,13 @@ SOURCES: dict[str, Source] = {
             },
         ),
         _read_idx_dataset,
+        (28, 28, 1), 10, 60000,
     ),
     "cifar10": Source(
         (RemoteFile("cifar-10-binary.tar.gz", "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
                     ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",)),),
         _read_cifar10,
+        (32, 32, 3), 10, 50000,
     ),
 }
 NAMES = (*SOURCES, "npz")
@@ -130,6 +136,16 @@ def locate(name: str, root: Optional[str] = None) -> dict[str, Path]:
     for f in source.files:
         verify(paths[f.name], f.sha256, remedy)
     return paths
+
+
+def describe(name: str, root: Optional[str] = None, path: Optional[str] = None) -> tuple[tuple[int, ...], int, int]:
+    """``(image shape, classes, training examples)`` of a dataset without reading it (a user's
+    npz file is read: its arrays are the only record of its shape)."""
+    if name != "npz":
+        source = SOURCES[name]
+        return source.input_shape, source.classes, source.train_size
+    x_train, y_train, _, y_test = read(name, root, path)
+    return tuple(x_train.shape[1:]), int(max(y_train.max(), y_test.max())) + 1, len(x_train)
 
 
 def read(name: str, root: Optional[str] = None, path: Optional[str] = None):

@@ -40,7 +40,7 @@ class MLP(nn.Module):
 
     hidden: Sequence[int]
     n_out: int
-    readout: bool = False
+    readout: bool
 
     def setup(self):
         self.layers = [_dense(n) for n in (*self.hidden, self.n_out)]
@@ -80,10 +80,10 @@ class ConvNet(nn.Module):
 
     channels: Sequence[int]
     n_out: int
-    kernel: int = 5
-    padding: int = 0
-    pool: str = "max"
-    readout: bool = False
+    kernel: int
+    padding: int
+    pool: str
+    readout: bool
 
     def setup(self):
         self.convs = [

@@ -11,7 +11,11 @@ The dynamics are written through one scalar function of the state, the *total en
 
 Either way, EP estimates ``∂L/∂θ ≈ (∂F_{β₁}/∂θ(s^{β₁}) − ∂F_{β₂}/∂θ(s^{β₂})) / (β₁ − β₂)``.
 The loss ℓ is ``½‖s_L − onehot(y)‖²`` (``mse``, on the output state) or the cross-entropy of
-a softmax read-out of the last hidden layer (``ce``).
+a softmax read-out of the last hidden layer (``ce``). Both are holomorphic in the state, so
+with a holomorphic activation the energy can be evaluated at complex states and a complex β
+(holomorphic EP): the cross-entropy is then ``log Σ_c exp(z_c) − z_y`` with the shift of the
+log-sum-exp taken from the real parts (the library version takes a max, which complex numbers
+do not have).
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ POOLS = ("max", "avg")
 @dataclasses.dataclass(frozen=True)
 class Network:
     module: nn.Module
-    activation: str = "hard_sigmoid"
-    loss: str = "mse"
-    dynamics: str = "leaky"
+    activation: str
+    loss: str
+    dynamics: str
 
     @property
     def act(self) -> Activation:
@@ -50,9 +54,10 @@ class Network:
         return self.module.init(key, jnp.zeros((1, *input_shape), jnp.float32))
 
     def state_shapes(self, input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-        """Shapes of the state layers ``s_1 … s_L`` for one sample."""
+        """Shapes of the state layers ``s_1 … s_L`` for one sample (traced only: JAX's backends
+        stay unstarted, so the command line can check a run before it configures them)."""
         x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-        out, _ = jax.eval_shape(self.module.init_with_output, jax.random.key(0), x)
+        out, _ = jax.eval_shape(lambda x: self.module.init_with_output(jax.random.key(0), x), x)
         return tuple(o.shape[1:] for o in out)
 
     def rate(self, s):
@@ -74,6 +79,8 @@ class Network:
         logits = self.logits(params, s)
         if self.loss == "mse":
             return 0.5 * jnp.sum((logits - jax.nn.one_hot(y, logits.shape[-1])) ** 2, axis=-1)
+        if jnp.iscomplexobj(logits):
+            return _complex_cross_entropy(logits, y)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
     def energy(self, params, drive: jax.Array, s: State, beta: Optional[jax.Array] = None,
@@ -88,10 +95,23 @@ class Network:
         return f
 
 
-def build_network(arch: str, n_out: int, *, hidden: Sequence[int] = (512,), channels: Sequence[int] = (32, 64),
-                  kernel: int = 5, padding: int = 0, pool: str = "max", activation: str = "hard_sigmoid",
-                  loss: str = "mse", dynamics: str = "leaky") -> Network:
-    """Build a :class:`Network` from plain values (the ``model`` config group)."""
+def _complex_cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """``log Σ_c exp(z_c) − z_y`` for complex logits, holomorphic in ``z``."""
+    shift = jax.lax.stop_gradient(jnp.max(jnp.real(logits), axis=-1, keepdims=True))
+    lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift[..., 0]
+    return lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+
+
+def n_state_layers(arch: str, hidden: Sequence[int], channels: Sequence[int], loss: str) -> int:
+    """How many state layers a network has: one per hidden (or conv) layer, plus the output
+    layer unless the loss reads out through a softmax layer outside the state (``ce``)."""
+    return len(hidden if arch == "mlp" else channels) + (0 if loss == "ce" else 1)
+
+
+def build_network(arch: str, n_out: int, *, hidden: Sequence[int], channels: Sequence[int], kernel: int,
+                  padding: int, pool: str, activation: str, loss: str, dynamics: str) -> Network:
+    """Build a :class:`Network` from plain values (the ``model`` config group, which holds the
+    defaults: :meth:`hets_ep.config.ModelConfig.build`)."""
     readout = loss == "ce"
     if arch == "mlp":
         module = MLP(hidden=tuple(hidden), n_out=n_out, readout=readout)

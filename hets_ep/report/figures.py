@@ -9,22 +9,28 @@
 * ``dt_histograms.png``: one panel per distribution, scalar steps as vertical lines.
 * ``equivalent_step.png``, ``convergence.png``: the scalar curve with each condition placed
   on it; the unconverged shares of the free (test) and nudged (training) phases.
+* ``compute.png``: the primary metric against the relaxation steps a run spent (every phase of
+  every training batch), per seed and per condition (accuracy against compute).
+
+Matplotlib's warnings (a layout it cannot fit exactly, say) are kept out of the console.
 """
 
 from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from hets_ep import figures, record
+from hets_ep.record import FINISHED
 from hets_ep.report import inference
-from hets_ep.report.runs import fmt
+from hets_ep.report.runs import POINTS, fmt
 
 if TYPE_CHECKING:
     from hets_ep.report import Analysis
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
 
 COLOURS = {"scalar": "black", "uniform": "tab:orange", "normal": "tab:green", "lognormal": "tab:blue",
            "gamma": "tab:red", "layerwise": "tab:purple"}
-SHAPE_KEYS = ("dt.dist", "dt.cv", "dt.match_cv", "dt.base", "dt.sample", "dt.per", "dt.redraw")
+SHAPE_KEYS = ("dt.dist", "dt.cv", "dt.match", "dt.match_cv", "dt.base", "dt.sample", "dt.per", "dt.redraw", "dt.layers")
 
 
 def _dist(cond: Condition) -> str:
@@ -67,7 +73,7 @@ def learning_curves(out: Path, analysis: Analysis) -> str:
     for ax, (name, conds) in zip(axes, facets.items()):
         styles = iter(["-", "--", ":", "-."] * 4)
         for cond in conds:
-            curves = [r.curve("test_acc") for r in cond.runs if r.rows]
+            curves = [r.curve("test_acc") for r in cond.runs if r.rows and r.status in FINISHED]
             if not curves:
                 continue
             length = max(map(len, curves))
@@ -83,7 +89,7 @@ def learning_curves(out: Path, analysis: Analysis) -> str:
             cv = cond.table["dt_cv"].mean()
             handles.setdefault(_dist(cond) + ("" if _dist(cond) == "scalar" or math.isnan(cv) else f" cv={cv:.2f}"),
                                line)
-        ax.set_title(name or "all runs", fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(name or "all runs", 40)), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
@@ -120,7 +126,7 @@ def paired_differences(out: Path, analysis: Analysis) -> Optional[str]:
     ax.axvline(0, color="gray", lw=0.8)
     ax.set_yticks(range(len(comps)), [f"{p.condition.label}\nvs {p.baseline.label}" for p, _ in comps], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{analysis.metric}: condition − baseline ({'points' if analysis.metric != 'collapse' else 'share'}"
+    ax.set_xlabel(f"{analysis.metric}: condition − baseline ({'points' if analysis.metric in POINTS else 'share'}"
                   "), per seed; mean and 95% bootstrap CI; * Holm-significant", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -168,7 +174,7 @@ def _heatmaps(out: Path, name: str, title: str, panels: dict[str, dict[tuple[str
     return name
 
 
-def grid(out: Path, analysis: Analysis, row: str, col: str, name: str = "grid.png") -> str:
+def grid(out: Path, analysis: Analysis, row: str, col: str, name: str = "grid.png") -> Optional[str]:
     """Paired differences mapped over ``row × col``, one panel per value of the other keys."""
     panels: dict[str, dict] = {}
     for p, (_, r) in zip(analysis.pairings, analysis.comparisons.iterrows()):
@@ -181,12 +187,14 @@ def grid(out: Path, analysis: Analysis, row: str, col: str, name: str = "grid.pn
         ci = (f"\n[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if inference.finite(r.get("ci_low")) else "")
         panels.setdefault(panel, {})[(fmt(cond.values.get(row)), fmt(cond.values.get(col)))] = (
             r["mean_diff"], f"{r['mean_diff']:+.1f}{star}{ci}")
+    if not panels:
+        return None
     return _heatmaps(out, name, f"{analysis.metric}: condition − baseline (points); 95% CI; * Holm-significant",
                      panels, row, col, True, "difference (points)")
 
 
 def robustness(out: Path, analysis: Analysis) -> str:
-    row, col = analysis.robust_keys
+    row, col = analysis.options.robust
     panels: dict[str, dict] = {}
     rob = analysis.robustness
     others = [k for k in rob.columns if k not in ("dt", "dist", "cell", row, col, "runs", "trained_runs",
@@ -195,7 +203,7 @@ def robustness(out: Path, analysis: Analysis) -> str:
         panel = " ".join([r["dt"], *(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in others)])
         share = r["trained_runs"] / max(r["runs"], 1)
         panels.setdefault(panel, {})[(fmt(r[row]), fmt(r[col]))] = (share, f"{r['trained_runs']}/{r['runs']}")
-    return _heatmaps(out, "robustness.png", f"runs that train (late ≥ {analysis.train_threshold:g}, no collapse)",
+    return _heatmaps(out, "robustness.png", f"runs that train (late ≥ {analysis.options.train_threshold:g}, no collapse)",
                      panels, row, col, False, "share of runs that train")
 
 
@@ -266,14 +274,14 @@ def equivalent_step(out: Path, analysis: Analysis) -> Optional[str]:
 
 
 def convergence(out: Path, analysis: Analysis) -> Optional[str]:
-    conds = [c for c in analysis.conditions if c.table["test_unconverged"].notna().any()]
+    conds = [c for c in analysis.conditions if c.finished["test_unconverged"].notna().any()]
     if not conds:
         return None
     plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.36 * len(conds) + 1.4))
     for i, cond in enumerate(conds):
         for column, marker, offset in (("test_unconverged", "o", -0.12), ("nudged_unconverged", "^", 0.12)):
-            values = cond.table[column].dropna().astype(float)
+            values = cond.finished[column].dropna().astype(float)
             if len(values):
                 ax.scatter(values, np.full(len(values), i + offset), marker=marker, s=10, color=_colour(cond),
                            alpha=0.5, lw=0)
@@ -288,12 +296,40 @@ def convergence(out: Path, analysis: Analysis) -> Optional[str]:
     return "convergence.png"
 
 
-def render(out: Path, analysis: Analysis, grid_keys: Optional[Sequence[str]]) -> list[str]:
-    names = [learning_curves(out, analysis), paired_differences(out, analysis)]
-    if grid_keys:
-        names.append(grid(out, analysis, *grid_keys))
-    if analysis.robustness is not None:
-        names.append(robustness(out, analysis))
-        names.append(grid(out, analysis, *analysis.robust_keys, name="robustness_differences.png"))
-    names += [dt_histograms(out, analysis), equivalent_step(out, analysis), convergence(out, analysis)]
+def compute(out: Path, analysis: Analysis) -> Optional[str]:
+    conds = [c for c in analysis.conditions if c.finished["relaxation_steps"].notna().any()]
+    if not conds:
+        return None
+    plt = figures.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    styles = iter(["o", "s", "^", "D", "v", "P", "X", "*"] * 8)
+    for cond in conds:
+        done = cond.finished.dropna(subset=["relaxation_steps"])
+        steps, metric = done["relaxation_steps"].astype(float), cond.metric(analysis.metric).reindex(done["seed"])
+        marker = next(styles)
+        ax.scatter(steps, metric, s=10, color=_colour(cond), marker=marker, alpha=0.4, lw=0)
+        ax.errorbar([steps.mean()], [metric.mean()], xerr=[[steps.mean() - steps.min()], [steps.max() - steps.mean()]],
+                    fmt=marker, color=_colour(cond), ms=6, capsize=2, label=cond.label)
+    ax.set_xscale("log")
+    ax.set_xlabel("relaxation steps per run (every phase of every training batch; bars: range over seeds)",
+                  fontsize=8)
+    ax.set_ylabel(f"{analysis.metric} ({'%' if analysis.metric in POINTS else ''})", fontsize=8)
+    ax.set_title("accuracy against compute", fontsize=9)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    figures.save(fig, out / "compute.png")
+    return "compute.png"
+
+
+def render(out: Path, analysis: Analysis) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names = [learning_curves(out, analysis), paired_differences(out, analysis)]
+        if analysis.options.grid:
+            names.append(grid(out, analysis, *analysis.options.grid))
+        if analysis.robustness is not None:
+            names.append(robustness(out, analysis))
+            names.append(grid(out, analysis, *analysis.options.robust, name="robustness_differences.png"))
+        names += [dt_histograms(out, analysis), equivalent_step(out, analysis), convergence(out, analysis),
+                  compute(out, analysis)]
     return [n for n in names if n]

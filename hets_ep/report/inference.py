@@ -8,6 +8,13 @@ signed-rank test (``scipy.stats.wilcoxon``) and Cohen's ``d_z = mean(d)/sd(d)``.
 outcomes (collapsed, trained) are compared with the exact McNemar test on the paired seeds
 (``statsmodels``). The p-values of a report's family are Holm-adjusted together
 (``statsmodels.stats.multitest.multipletests``), and each comparison gets a verdict at α.
+
+Beside the means: the spread of a metric across seeds in two conditions is compared with the
+Brown–Forsythe test (``scipy.stats.levene`` centred at the median; it treats the two groups as
+independent, which for seeds paired across conditions is, if anything, conservative when the
+pairs are positively correlated), and equivalence within a margin ``±m`` with the paired TOST
+(``statsmodels.stats.weightstats.ttost_paired``: p < α means the mean difference lies inside
+the margin).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
 
 RESAMPLES = 9999
 
@@ -143,6 +151,23 @@ def equivalent_step_ci(scalar: dict[float, np.ndarray], condition: np.ndarray, n
         return step, None, None, len(found) / resamples
     low, high = np.percentile(found, [2.5, 97.5])
     return step, float(low), float(high), len(found) / resamples
+
+
+def brown_forsythe(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """p of the Brown–Forsythe test of equal variances (None below 3 values a side, or when
+    both sides are constant)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.size < 3 or y.size < 3 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        return None
+    return float(stats.levene(x, y, center="median").pvalue)
+
+
+def tost_paired(condition: Sequence[float], baseline: Sequence[float], margin: float) -> Optional[float]:
+    """p of the paired two one-sided tests that the mean difference lies in ``(−margin, margin)``."""
+    x, y = np.asarray(condition, np.float64), np.asarray(baseline, np.float64)
+    if x.size < 3 or np.all(x - y == (x - y)[0]):
+        return None
+    return float(ttost_paired(x, y, -margin, margin)[0])
 
 
 def describe(values: pd.Series) -> dict:

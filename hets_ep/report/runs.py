@@ -1,13 +1,21 @@
 """Finding runs, their per-run metrics, conditions, and which condition pairs with which.
 
 A *run* is a directory holding a run record (:mod:`hets_ep.record`). Runs are grouped into
-*conditions* by the config keys whose values differ between runs (the seed and bookkeeping
-keys excepted). A condition is compared with a *baseline* condition seed by seed, because
+*conditions* by the config keys whose values differ between runs, among the keys that change
+what is computed (the seed, paths, trackers, display, guards and analysis thresholds never
+define a condition). A condition is compared with a *baseline* condition seed by seed, because
 seed k shares initial weights and data order across conditions. The keys split in two:
-*treatment* keys (``dt.*``: the time-step condition under study) and *context* keys (all other
-varying keys: estimator, learning rate, dataset size, epochs, …); a condition only ever pairs
-with a baseline of the same context, so runs that differ in ``dataset.subset`` or
-``train.epochs`` are never compared as if they differed in dt only.
+*treatment* keys (``dt.*`` and ``dynamics.*``: the time steps and how they integrate) and
+*context* keys (all other varying keys: estimator, learning rate, dataset size, epochs, …); a
+condition only ever pairs with a baseline of the same context, so runs that differ in
+``dataset.subset`` or ``train.epochs`` are never compared as if they differed in dt only.
+
+Each (condition, seed) counts once. Where a seed appears more than once (a rerun sweep, two
+overlapping folders, a copied run), one run is kept by a fixed rule — a finished run (completed
+or diverged) before an unfinished one, then the one written last — and the others are set
+aside and named (:attr:`Grouping.set_aside`); with ``strict`` the report refuses instead. Only
+finished runs have metrics: an interrupted, failed or running run is counted by its status, and
+its partial curve is never scored as if it were complete.
 """
 
 from __future__ import annotations
@@ -20,28 +28,40 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from hets_ep import record, stability
+from hets_ep import record
 from hets_ep.errors import HetsEpError
-from hets_ep.record import RunRecord
+from hets_ep.record import FINISHED, RunRecord
 
-# Keys that never define a condition: bookkeeping, paths, display, guards and analysis thresholds.
+# Keys that never define a condition: bookkeeping, paths, trackers, display, guards and analysis
+# thresholds (a prefix ending in "." covers a section).
 IGNORED = ("seed", "resume", "train.progress", "train.check_every", "train.eval_batch_size", "dataset.root",
-           "train.parallel_seeds", "train.explode_threshold", "stability.", "gradcheck.")
-TREATMENT = "dt."
-# Metrics of a run: larger is better for accuracies, smaller for the drawdown and collapses.
-METRICS = {"late": +1, "final": +1, "best": +1, "auc": +1, "max_drawdown": -1, "collapse": -1}
+           "train.parallel_seeds", "train.explode_threshold", "stability.", "gradcheck.", "logger.", "hydra.",
+           "ep.unroll", "ep.window")
+TREATMENT = ("dt.", "dynamics.")
+# Per-run metrics a comparison can use, with their direction: +1 larger is better, −1 smaller.
+METRICS = {"late": +1, "final": +1, "best": +1, "auc": +1, "max_drawdown": -1, "collapse": -1, "jitter": -1}
+# Secondary endpoints, compared beside the primary metric (their direction is not a verdict).
+SECONDARY = ("max_drawdown", "jitter", "loss_spikes", "relaxation_steps", "spectral_radius")
+# Metrics in accuracy units, shown in points (×100).
+POINTS = ("late", "final", "best", "auc", "max_drawdown", "jitter")
 BINARY = ("collapse", "trained")
+# What each matching rule holds equal (a label names it with its realised value).
+MATCHED = {"mean": ("μ", "dt_mean"), "geomean": ("geomean", "dt_geomean"), "tau": ("hmean", "dt_hmean"),
+           "none": ("μ", "dt_mean")}
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
-    """Every run directory at or below ``paths``."""
-    runs = []
+    """Every run directory at or below ``paths`` (each once, however many paths hold it)."""
+    runs, seen = [], set()
     for root in map(Path, paths):
         if not root.exists():
             raise HetsEpError(f"{root}: no such file or directory")
         candidates = [root] if record.is_run(root) else []
         candidates += sorted(p.parent for p in root.rglob(record.SUMMARY) if p.parent != root)
-        runs += [record.read_run(d) for d in candidates if record.is_run(d)]
+        for d in candidates:
+            if record.is_run(d) and d.resolve() not in seen:
+                seen.add(d.resolve())
+                runs.append(record.read_run(d))
     if not runs:
         raise HetsEpError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds "
                           f"{record.SUMMARY} and {record.CONFIG}; point at outputs/multirun/… or at run directories)")
@@ -49,40 +69,44 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
 
 
 def run_metrics(run: RunRecord, train_threshold: float) -> dict:
-    """One run's per-seed row: the metrics, binary outcomes, convergence and realised dt."""
-    accs = run.curve("test_acc")
-    cfg = run.config
-    window = int(cfg.get("stability.late_window", 3))
-    drop = float(cfg.get("stability.collapse_drop", 0.05))
-    rows, summary = run.rows, run.summary
-    late_rows = rows[-window:]
-    events = stability.collapses(accs, drop) if accs else []
-    late = stability.late_mean(accs, window)
+    """One run's per-seed row, read from its record (the statistics as :mod:`hets_ep.stability`
+    defined them for its summary): metrics only for a finished run."""
+    summary, st = run.summary, run.summary.stability
+    finished = summary.status in FINISHED and bool(run.rows)
+    late = summary.late_test_acc if finished else None
+    collapse_count = st.get("collapse_count") if finished else None
 
     def late_mean(key):
-        return stability.mean_or_none([getattr(r, key) for r in late_rows])
+        values = [getattr(r, key) for r in run.rows[-int(run.config.get("stability.late_window", 3)):]]
+        kept = [v for v in values if v is not None]
+        return float(np.mean(kept)) if finished and kept else None
 
     return {
-        "seed": run.seed, "status": run.status, "epochs": len(accs),
-        "late": late, "final": accs[-1] if accs else None, "best": max(accs) if accs else None,
-        "auc": float(np.mean(accs)) if accs else None,
-        "max_drawdown": float(stability.drawdowns(accs).max()) if accs else None,
-        "collapse_count": len(events), "collapse": bool(events) if accs else None,
-        "never_learned": summary.stability.get("never_learned"),
-        "trained": (late is not None and late >= train_threshold and not events) if accs else None,
-        "diverged_epoch": summary.stability.get("diverged_epoch"),
+        "seed": run.seed, "status": summary.status, "epochs": summary.epochs_completed,
+        "late": late, "final": summary.final_test_acc if finished else None,
+        "best": summary.best_test_acc if finished else None,
+        "auc": st.get("auc") if finished else None,
+        "max_drawdown": st.get("max_drawdown") if finished else None,
+        "jitter": st.get("jitter") if finished else None,
+        "collapse_count": collapse_count, "collapse": bool(collapse_count) if finished else None,
+        "never_learned": st.get("never_learned") if finished else None,
+        "trained": (late is not None and late >= train_threshold and not collapse_count) if finished else None,
+        "loss_spikes": st.get("loss_spikes") if finished else None,
+        "relaxation_steps": st.get("relaxation_steps") if finished else None,
+        "spectral_radius": st.get("late_spectral_radius") if finished else None,
+        "diverged_epoch": st.get("diverged_epoch"),
         "test_fp_residual": late_mean("test_fp_residual"),
         "test_unconverged": late_mean("test_unconverged"),
         "train_unconverged": late_mean("train_unconverged"),
         "nudged_unconverged": late_mean("train_nudged_unconverged"),
-        "dt_mean": summary.dt.get("mean"), "dt_cv": summary.dt.get("cv"),
+        **{f"dt_{k}": summary.dt.get(k) for k in ("mean", "geomean", "hmean", "cv", "tau_cv")},
         "wall_s": summary.timings.get("total_s"), "path": str(run.path),
     }
 
 
 @dataclasses.dataclass
 class Condition:
-    """Runs that share every varying key but the seed."""
+    """Runs that share every varying key but the seed (one run per seed)."""
 
     values: dict[str, object]          # the varying keys' values
     runs: list[RunRecord]
@@ -97,15 +121,25 @@ class Condition:
     def context(self) -> dict[str, object]:
         return {k: v for k, v in self.values.items() if not k.startswith(TREATMENT)}
 
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.table[self.table["status"].isin([str(s) for s in FINISHED])]
+
     def metric(self, name: str) -> pd.Series:
-        """Per seed, in points for accuracies (×100), as 0/1 for binary outcomes."""
-        column = self.table.set_index("seed")[name]
+        """Per finished seed, in points for accuracy metrics (×100), as 0/1 for binary outcomes."""
+        column = self.finished.set_index("seed")[name].dropna()
         if name in BINARY:
-            return column.dropna().astype(float)
-        return column.dropna().astype(float) * 100.0
+            return column.astype(float)
+        return column.astype(float) * (100.0 if name in POINTS else 1.0)
 
     def keys_text(self) -> str:
         return " ".join(f"{k}={fmt(v)}" for k, v in self.values.items())
+
+
+@dataclasses.dataclass
+class Grouping:
+    conditions: list[Condition]
+    set_aside: list[tuple[Path, Path]]   # (run set aside, the run kept for its condition and seed)
 
 
 def fmt(value) -> str:
@@ -124,21 +158,41 @@ def varying_keys(runs: Sequence[RunRecord]) -> list[str]:
     return [k for k in keys if not k.startswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
 
 
-def group(runs: Sequence[RunRecord], train_threshold: float = 0.9) -> list[Condition]:
+def _keep(runs: list[RunRecord]) -> tuple[RunRecord, list[RunRecord]]:
+    """The run a (condition, seed) keeps: finished before unfinished, then the latest written."""
+    def rank(run: RunRecord):
+        return (run.status in FINISHED, (run.path / record.SUMMARY).stat().st_mtime_ns, str(run.path))
+
+    ordered = sorted(runs, key=rank, reverse=True)
+    return ordered[0], ordered[1:]
+
+
+def group(runs: Sequence[RunRecord], train_threshold: float, strict: bool = False) -> Grouping:
     """Conditions (sorted by their values), each with its per-seed table and display label."""
     varying = varying_keys(runs)
-    by_values: dict[tuple, list[RunRecord]] = {}
+    by_values: dict[tuple, dict[int, list[RunRecord]]] = {}
     for run in runs:
-        by_values.setdefault(tuple(repr(run.config.get(k)) for k in varying), []).append(run)
-    conditions = []
-    for members in by_values.values():
-        values = {k: members[0].config.get(k) for k in varying}
-        table = pd.DataFrame([run_metrics(r, train_threshold) for r in members]).sort_values("seed")
-        conditions.append(Condition(values, members, table.reset_index(drop=True)))
+        by_values.setdefault(tuple(repr(run.config.get(k)) for k in varying), {}).setdefault(run.seed, []).append(run)
+    conditions, aside = [], []
+    for seeds in by_values.values():
+        duplicates = {seed: members for seed, members in seeds.items() if len(members) > 1}
+        if duplicates and strict:
+            seed, members = next(iter(duplicates.items()))
+            raise HetsEpError(f"seed {seed} appears {len(members)} times in one condition "
+                              f"({', '.join(str(m.path) for m in members)}); keep one, or drop --strict to keep the "
+                              "finished run written last")
+        kept = []
+        for members in seeds.values():
+            chosen, others = _keep(members)
+            kept.append(chosen)
+            aside += [(o.path, chosen.path) for o in others]
+        values = {k: kept[0].config.get(k) for k in varying}
+        table = pd.DataFrame([run_metrics(r, train_threshold) for r in kept]).sort_values("seed")
+        conditions.append(Condition(values, sorted(kept, key=lambda r: r.seed), table.reset_index(drop=True)))
     conditions.sort(key=lambda c: [_sortable(v) for v in c.values.values()])
     for cond in conditions:
         cond.label = label(cond, varying)
-    return conditions
+    return Grouping(conditions, aside)
 
 
 def _sortable(value):
@@ -146,20 +200,24 @@ def _sortable(value):
 
 
 def label(cond: Condition, varying: Sequence[str]) -> str:
-    """A short name: the distribution with its *realised* mean and cv, then the context keys
-    by their last component (``T2=100 lr_scale=4``)."""
+    """A short name: the distribution with the *realised* value of the statistic its draws
+    matched (``μ`` the mean, ``geomean``, ``hmean`` = Δt / mean τ) and cv, then the other keys by
+    their last component (``T2=100 lr_scale=4``)."""
     parts = []
     if any(k.startswith(TREATMENT) for k in varying):
-        dist = cond.values.get("dt.dist", cond.runs[0].config.get("dt.dist", "dt"))
-        mean, cv = cond.table["dt_mean"].mean(), cond.table["dt_cv"].mean()
-        shown = f"{dist} μ={mean:.2f}" if not math.isnan(mean) else str(dist)
+        config = cond.runs[0].config
+        dist = cond.values.get("dt.dist", config.get("dt.dist", "dt"))
+        name, column = MATCHED.get(str(config.get("dt.match", "mean")), MATCHED["mean"])
+        if dist == "scalar":
+            name, column = MATCHED["mean"]
+        value, cv = cond.table[column].astype(float).mean(), cond.table["dt_cv"].astype(float).mean()
+        shown = f"{dist} {name}={value:.2f}" if not math.isnan(value) else str(dist)
         if dist != "scalar" and not math.isnan(cv):
             shown += f" cv={cv:.2f}"
         parts.append(shown)
-    shorts = [k.rsplit(".", 1)[-1] for k in varying]
-    for key, short in zip(varying, shorts):
-        if key.startswith(TREATMENT):
-            continue
+    keys = [k for k in varying if k not in ("dt.dist", "dt.mean", "dt.cv")]
+    shorts = [k.rsplit(".", 1)[-1] for k in keys]
+    for key, short in zip(keys, shorts):
         name = short if shorts.count(short) == 1 else key
         parts.append(f"{name}={fmt(cond.values[key])}")
     return " ".join(parts) or "all runs"
@@ -187,8 +245,7 @@ class Pairing:
     note: str = ""
 
 
-def pairings(conditions: Sequence[Condition], baseline: str = "dt.dist=scalar", match: Sequence[str] = (),
-             metric: str = "late") -> list[Pairing]:
+def pairings(conditions: Sequence[Condition], baseline: str, match: Sequence[str], metric: str) -> list[Pairing]:
     """Each non-baseline condition with its baseline: a condition chosen by ``baseline``
     (``KEY=VALUE,…``, or ``best``: of the scalar-dt conditions, the one with the best mean
     ``metric``) that has the same context keys and agrees on the ``match`` keys."""
@@ -208,11 +265,26 @@ def pairings(conditions: Sequence[Condition], baseline: str = "dt.dist=scalar", 
             continue
         if baseline == "best":
             direction = METRICS.get(metric, 1)
-            base = max(same, key=lambda b: direction * b.metric(metric).mean())
-        else:
-            base = same[0]
-        out.append(Pairing(cond, base))
+            out.append(Pairing(cond, max(same, key=lambda b: direction * b.metric(metric).mean())))
+            continue
+        closest = _closest(cond, same, base_selector)
+        if len(closest) > 1:
+            free = sorted({k for b in closest for k in b.treatment if fmt(b.values[k]) != fmt(closest[0].values[k])})
+            out.append(Pairing(cond, None, f"{len(closest)} baselines fit ({', '.join(b.label for b in closest)}); "
+                                           f"choose with --match {','.join(free)}: not compared"))
+            continue
+        out.append(Pairing(cond, closest[0]))
     return out
+
+
+def _closest(cond: Condition, bases: Sequence[Condition], chosen: dict[str, str]) -> list[Condition]:
+    """The baselines that share the most treatment values with ``cond`` (the keys the baseline
+    selector fixes aside): scalar dt at the same mean and with the same dynamics, say."""
+    def shared(b: Condition) -> int:
+        return sum(fmt(b.values.get(k)) == fmt(v) for k, v in cond.treatment.items() if k not in chosen)
+
+    most = max(map(shared, bases))
+    return [b for b in bases if shared(b) == most]
 
 
 def paired(pairing: Pairing, metric: str) -> pd.DataFrame:
