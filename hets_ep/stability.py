@@ -13,7 +13,8 @@ test) and running best ``b_t = max_{s≤t} a_s``:
 * **jitter**: standard deviation of ``a_t`` over the last ``jitter_window`` epochs.
 * **epochs to target**: first epoch with ``a_t ≥ target_acc``.
 * **late** (of the test accuracy): its mean over the last ``late_window`` epochs, the report's
-  primary metric; **auc**: its mean over all epochs.
+  primary metric; **auc**: its mean over all epochs; **late validation accuracy** likewise, for
+  choosing a condition without looking at the test set.
 * **loss spikes**: training batches whose loss exceeded ``spike_factor`` × the median of the
   previous ``spike_window`` batch losses (counted on device, per epoch; summed over the run).
 * **relaxation steps**: the steps every phase of every training batch took, summed over the
@@ -96,6 +97,7 @@ def run_statistics(rows: Sequence[EpochRow], monitor: str, classes: int, cfg: St
     stats.update(
         diverged_epoch=diverged_epoch,
         auc=mean_or_none([r.test_acc for r in rows]),
+        late_val_acc=late_mean([r.val_acc for r in rows if r.val_acc is not None], cfg.late_window),
         loss_spikes=total_or_none([r.train_loss_spikes for r in rows]),
         relaxation_steps=total_or_none([r.train_relaxation_steps for r in rows]),
         late_spectral_radius=mean_or_none([r.spectral_radius for r in late]),

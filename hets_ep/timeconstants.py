@@ -204,7 +204,7 @@ def _solve(u: np.ndarray, name: str, weights: np.ndarray, spec: DtConfig) -> tup
         if cv >= spec.cv:
             return solve_between(c, c * _C_STEP)
         c, reached = c * _C_STEP, max(reached, cv)
-    raise ConfigError(f"dt.cv: {name} truncated to [{spec.dt_min}, {spec.dt_max}] at mean {spec.mean} reaches cv "
+    raise ConfigError(f"dt.cv: {name} truncated to [{spec.dt_min}, {spec.dt_max}] at {statistic} {spec.mean} reaches cv "
                       f"{reached:.3g} at most; lower dt.cv, widen dt.dt_min/dt.dt_max, or set dt.match_cv=false")
 
 

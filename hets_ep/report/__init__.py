@@ -41,6 +41,8 @@ class ReportOptions:
 
     metric: str = "late"                 # the primary metric of every comparison
     baseline: str = "dt.dist=scalar"     # KEY=VALUE[,…], or best: the scalar condition with the best mean metric
+    select: Optional[str] = None         # the metric that picks `best` (default: the primary one; val_late
+                                         # chooses on the validation split, never looking at the test set)
     match: tuple[str, ...] = ()          # keys a condition shares with its baseline (e.g. dt.mean)
     equivalent: Optional[str] = None     # KEY: the scalar step (e.g. dt.mean) each condition's metric matches
     equivalence: Optional[float] = None  # margin m: paired TOST that the difference lies in (−m, m)
@@ -53,8 +55,10 @@ class ReportOptions:
     strict: bool = False                 # refuse a (condition, seed) that appears twice instead of keeping one
 
     def __post_init__(self):
-        if self.metric not in METRICS:
-            raise HetsEpError(f"--metric: unknown {self.metric!r}; choose one of {', '.join(METRICS)}")
+        for name in ("metric", "select"):
+            value = getattr(self, name)
+            if value is not None and value not in METRICS:
+                raise HetsEpError(f"--{name}: unknown {value!r}; choose one of {', '.join(METRICS)}")
         for name in ("robust", "grid"):
             keys = getattr(self, name)
             if keys is not None and len(keys) != 2:
@@ -205,7 +209,7 @@ def _robustness(conditions: Sequence[Condition], pairs: Sequence[Pairing], keys:
 def analyse(paths: Sequence[str | Path], options: ReportOptions = ReportOptions()) -> Analysis:
     grouping = group(find_runs(paths), options.train_threshold, options.strict)
     conditions = grouping.conditions
-    pairs = pairings(conditions, options.baseline, options.match, options.metric)
+    pairs = pairings(conditions, options.baseline, options.match, options.select or options.metric)
     comparisons = pd.DataFrame([_comparison_row(p, options) for p in pairs])
     if len(comparisons) and "p_t" in comparisons:
         comparisons["p_holm"] = inference.holm([p if inference.finite(p) else None for p in comparisons["p_t"]],
@@ -213,6 +217,9 @@ def analyse(paths: Sequence[str | Path], options: ReportOptions = ReportOptions(
         comparisons["verdict"] = [inference.verdict(r.mean_diff, r.p_t, r.p_holm, METRICS[options.metric],
                                                     options.alpha) if r.pairs else "not compared"
                                   for r in comparisons.itertuples()]
+        if options.equivalence is not None:
+            comparisons["p_tost_holm"] = inference.holm(
+                [p if inference.finite(p) else None for p in comparisons["p_tost"]], options.alpha)
     analysis = Analysis([str(p) for p in paths], options, conditions, pairs, comparisons,
                         _secondary_rows(pairs, options), grouping.set_aside)
     if options.equivalent:
@@ -258,6 +265,9 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--baseline", default=defaults.baseline,
                         help=f"KEY=VALUE[,…]: the baseline conditions (default {defaults.baseline}); best: the scalar "
                              "condition with the best mean metric")
+    parser.add_argument("--select", choices=list(METRICS),
+                        help="the metric that picks the best baseline (default: --metric; val_late picks on the "
+                             "validation split, so the test set decides only the comparison)")
     parser.add_argument("--match", default="", help="KEY[,…] a condition shares with its baseline, e.g. dt.mean")
     parser.add_argument("--equivalent", help="KEY: the scalar step (e.g. dt.mean) each condition's metric matches")
     parser.add_argument("--equivalence", type=float, metavar="M",
@@ -276,7 +286,8 @@ def main(argv: Sequence[str]) -> None:
                         help="refuse a (condition, seed) that appears more than once (default: keep the finished run "
                              "written last, and name the others)")
     args = parser.parse_args(argv)
-    options = ReportOptions(metric=args.metric, baseline=args.baseline, match=_pair(args.match) or (),
+    options = ReportOptions(metric=args.metric, baseline=args.baseline, select=args.select,
+                            match=_pair(args.match) or (),
                             equivalent=args.equivalent, equivalence=args.equivalence, robust=_pair(args.robust),
                             grid=_pair(args.grid), train_threshold=args.train_threshold, alpha=args.alpha,
                             family=args.family, seed=args.seed, strict=args.strict)

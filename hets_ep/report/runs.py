@@ -39,11 +39,12 @@ IGNORED = ("seed", "resume", "train.progress", "train.check_every", "train.eval_
            "ep.unroll", "ep.window")
 TREATMENT = ("dt.", "dynamics.")
 # Per-run metrics a comparison can use, with their direction: +1 larger is better, −1 smaller.
-METRICS = {"late": +1, "final": +1, "best": +1, "auc": +1, "max_drawdown": -1, "collapse": -1, "jitter": -1}
+METRICS = {"late": +1, "final": +1, "best": +1, "auc": +1, "max_drawdown": -1, "collapse": -1, "jitter": -1,
+           "val_late": +1}
 # Secondary endpoints, compared beside the primary metric (their direction is not a verdict).
 SECONDARY = ("max_drawdown", "jitter", "loss_spikes", "relaxation_steps", "spectral_radius")
 # Metrics in accuracy units, shown in points (×100).
-POINTS = ("late", "final", "best", "auc", "max_drawdown", "jitter")
+POINTS = ("late", "final", "best", "auc", "max_drawdown", "jitter", "val_late")
 BINARY = ("collapse", "trained")
 # What each matching rule holds equal (a label names it with its realised value).
 MATCHED = {"mean": ("μ", "dt_mean"), "geomean": ("geomean", "dt_geomean"), "tau": ("hmean", "dt_hmean"),
@@ -86,6 +87,7 @@ def run_metrics(run: RunRecord, train_threshold: float) -> dict:
         "late": late, "final": summary.final_test_acc if finished else None,
         "best": summary.best_test_acc if finished else None,
         "auc": st.get("auc") if finished else None,
+        "val_late": st.get("late_val_acc") if finished else None,
         "max_drawdown": st.get("max_drawdown") if finished else None,
         "jitter": st.get("jitter") if finished else None,
         "collapse_count": collapse_count, "collapse": bool(collapse_count) if finished else None,
@@ -248,7 +250,8 @@ class Pairing:
 def pairings(conditions: Sequence[Condition], baseline: str, match: Sequence[str], metric: str) -> list[Pairing]:
     """Each non-baseline condition with its baseline: a condition chosen by ``baseline``
     (``KEY=VALUE,…``, or ``best``: of the scalar-dt conditions, the one with the best mean
-    ``metric``) that has the same context keys and agrees on the ``match`` keys."""
+    ``metric``, the selection metric) that has the same context keys and agrees on the ``match``
+    keys."""
     base_selector = selector("dt.dist=scalar" if baseline == "best" else baseline)
     bases = [c for c in conditions if matches(c, base_selector)]
     if not bases:

@@ -114,7 +114,8 @@ def header(analysis: Analysis) -> str:
     o = analysis.options
     n_runs = sum(len(c.runs) for c in analysis.conditions)
     pairs = [int(p) for p in analysis.comparisons.get("pairs", []) if p]
-    base = ("the scalar-dt condition with the best mean " + o.metric) if o.baseline == "best" else o.baseline
+    base = ("the scalar-dt condition with the best mean " + (o.select or o.metric)) if o.baseline == "best" \
+        else o.baseline
     test = "the exact McNemar test" if o.metric in BINARY else "the paired t-test"
     return (f"**Metric:** `{o.metric}` ({_metric_text(o.metric)}), in {units(o.metric)}. "
             f"**Family:** {analysis.family}: {len(pairs)} comparisons, each condition against its baseline "
@@ -132,6 +133,7 @@ def _metric_text(metric: str) -> str:
             "final": "test accuracy of the last epoch", "best": "best test accuracy",
             "auc": "mean test accuracy over all epochs",
             "max_drawdown": "largest fall of the monitored accuracy below its running best",
+            "val_late": "mean validation accuracy over the last stability.late_window epochs",
             "jitter": "standard deviation of the monitored accuracy over the last stability.jitter_window epochs",
             "collapse": "whether the monitored accuracy ever fell more than stability.collapse_drop below its best"
             }[metric]
@@ -165,13 +167,13 @@ def markdown(analysis: Analysis) -> str:
         lines += _table(
             ["condition", "baseline", "pairs", f"Δ {m} [95% CI]", "p (t)", "p (Wilcoxon)", "d_z", "p (Holm)",
              "verdict", "SD cond / base (p Brown–Forsythe)", "collapsed (cond / base, p)",
-             *([f"p (TOST ±{analysis.options.equivalence:g})"] if tost else [])],
+             *([f"p (TOST ±{analysis.options.equivalence:g}; Holm)"] if tost else [])],
             [[r["condition"], str(r["baseline"]), str(int(r["pairs"])),
               _interval(r.get("mean_diff"), r.get("ci_low"), r.get("ci_high"), n=int(r["pairs"])), _p(r.get("p_t")),
               _p(r.get("p_wilcoxon")), _num(r.get("dz")), _p(r.get("p_holm")), str(r.get("verdict")),
               f"{_num(r.get('sd'))} / {_num(r.get('baseline_sd'))} ({_p(r.get('p_brown_forsythe'))})",
               f"{_num(r.get('collapse_rate'), 0, True)}% / {_num(r.get('baseline_collapse_rate'), 0, True)}%, "
-              f"{_p(r.get('p_collapse'))}", *([_p(r.get("p_tost"))] if tost else [])]
+              f"{_p(r.get('p_collapse'))}", *([f"{_p(r.get('p_tost'))}; {_p(r.get('p_tost_holm'))}"] if tost else [])]
              for _, r in comps.iterrows() if r["pairs"]])
     notes = [f"- {r['condition']}: {r['note']}" for _, r in comps.iterrows() if r.get("note")] if len(comps) else []
     if notes:
