@@ -428,13 +428,14 @@ def _guarded(task):
             runtime.stop.hold()
             runtime.stop.watch(Path(HydraConfig.get().sweep.dir) / record.STOP)
         try:
-            if runtime.stop.received is not None:  # the sweep was stopped before this job began
-                runtime.log_to_file(f"{signal.Signals(runtime.stop.received).name} before this job started; "
-                                    "it did not run")
-                return
+            if runtime.stop.received is not None:  # stopped before this job began
+                raise RunInterrupted(runtime.stop.received, run_dir, started=False)
             task(cfg)
         except RunInterrupted as err:
-            log.warning("%s", err)
+            if err.started:
+                log.warning("%s", err)
+            else:  # a job of a stopped sweep: its log says so, the console does not repeat it per job
+                runtime.log_to_file(str(err))
             if not _in_sweep():
                 runtime.outcome.report(err)
             elif err.signum == runtime.submitit_signal():  # a time limit ahead: submitit resubmits the job

@@ -193,11 +193,11 @@ def agreement(estimate_grads, reference_grads) -> dict[str, dict[str, float]]:
 def make_comparator(net: Network, phases: EPConfig, dynamics: DynamicsConfig, estimators=EP_ESTIMATORS):
     """A function ``(params, x, y, dt, key) -> report`` comparing EP estimates with BPTT.
 
-    The report is ``{"free_step_residual": r, "free_fp_residual": f, "estimators": {name:
-    {tensor: {cosine, norm_ratio}}}}``, the residuals of BPTT's free phase (means over the
-    batch): how far it has converged decides how far EP can agree with BPTT at all. The
-    estimators are compiled once, when the comparator is first called; state noise (if any)
-    is drawn from ``key`` for both.
+    The report is ``{"free_step_residual": r, "free_fp_residual": f, "nudged_fp_residual":
+    {name: n}, "estimators": {name: {tensor: {cosine, norm_ratio}}}}``: the residuals of BPTT's
+    free phase and of each estimator's nudged phases (means over the batch) — how far they have
+    converged decides how far EP can agree with BPTT at all. The estimators are compiled once,
+    when the comparator is first called; state noise (if any) is drawn from ``key`` for both.
     """
     reference = jax.jit(functools.partial(bptt_estimate, net, phases=phases, dynamics=dynamics))
     candidates = {name: jax.jit(functools.partial(ep_estimate, net, phases=dataclasses.replace(phases, estimator=name),
@@ -207,11 +207,12 @@ def make_comparator(net: Network, phases: EPConfig, dynamics: DynamicsConfig, es
     def compare(params, x, y, dt: State, key: jax.Array) -> dict:
         noise_key = jax.random.fold_in(key, 1) if dynamics.noise > 0 else None
         ref = reference(params, x, y, dt, noise_key=noise_key)
+        found = {name: fn(params, x, y, dt, key=key, noise_key=noise_key) for name, fn in candidates.items()}
         return {
             "free_step_residual": float(jnp.mean(ref.free.step_residual)),
             "free_fp_residual": float(jnp.mean(ref.free.fp_residual)),
-            "estimators": {name: agreement(fn(params, x, y, dt, key=key, noise_key=noise_key).grads, ref.grads)
-                           for name, fn in candidates.items()},
+            "nudged_fp_residual": {name: float(jnp.mean(e.nudged_fp_residual)) for name, e in found.items()},
+            "estimators": {name: agreement(e.grads, ref.grads) for name, e in found.items()},
         }
 
     return compare

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from hets_ep.config import Config, LoggerConfig
 
 IDS = "trackers.json"
+log = logging.getLogger(__name__)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -198,6 +200,24 @@ class Wandb(Tracker):
             self.run.summary[f"summary/{key}"] = value
         self.run.summary["status"] = summary.status
         self.run.finish(exit_code=0 if summary.status in record.FINISHED else 1)
+
+
+class Trackers:
+    """Every member's trackers; one that fails is dropped with a warning (a tracking server going
+    away must not stop training)."""
+
+    def __init__(self, per_member: list[list[Tracker]]):
+        self.per_member = per_member
+
+    def send(self, k: int, call: str, *args) -> None:
+        """Call ``call(*args)`` on member ``k``'s trackers."""
+        for tracker in list(self.per_member[k]) if k < len(self.per_member) else []:
+            try:
+                getattr(tracker, call)(*args)
+            except Exception as err:  # the trackers' libraries raise anything
+                log.warning("logger %s failed (%s: %s); the run goes on without it", tracker.kind,
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self.per_member[k].remove(tracker)
 
 
 def build(cfg: Config, run_dir: Path, seed: int, dt: tuple[np.ndarray, ...]) -> list[Tracker]:

@@ -31,7 +31,7 @@ class RunInterrupted(HetsEpError):
         else:
             message = f"{name} before the run in {run_dir} started; nothing was written"
         super().__init__(message)
-        self.signum, self.exit_code = signum, 128 + signum
+        self.signum, self.exit_code, self.started = signum, 128 + signum, started
 
 
 class StopSignals:

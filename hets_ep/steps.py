@@ -258,3 +258,14 @@ def host_batches(x: np.ndarray, y: np.ndarray, size: int, put) -> Iterable[Batch
     for idx, valid in eval_batches(len(x), size):
         mask = (np.arange(len(idx)) < valid).astype(np.float32)
         yield Batch(*map(put, (x[idx], y[idx], mask)))
+
+
+def member_batches(x: np.ndarray, y: np.ndarray, indices: Sequence[np.ndarray], size: int, put) -> Iterable[Batch]:
+    """Evaluation batches of each member's own examples (``indices[k]``: a validation split drawn
+    per seed), the member axis first; the last batch padded, masked."""
+    from hets_ep.data import eval_batches
+
+    for idx, valid in eval_batches(len(indices[0]), size):
+        rows = np.stack([own[idx] for own in indices])
+        mask = np.broadcast_to((np.arange(len(idx)) < valid).astype(np.float32), rows.shape)
+        yield Batch(*map(put, (x[rows], y[rows], mask)))

@@ -24,16 +24,16 @@ import signal
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, ep, figures, loggers, optim, record, runtime, seeding, stability, steps
+from hets_ep import atomic, figures, loggers, optim, record, runtime, seeding, stability, steps
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
 from hets_ep.data import augment, load_dataset, train_batches, validation_split
 from hets_ep.errors import ConfigError
+from hets_ep.gradcheck import gradient_probe
 from hets_ep.placement import Placement
 from hets_ep.record import Status
 from hets_ep.runtime import RunInterrupted
@@ -101,10 +101,11 @@ class Trainer:
         self.val_step = steps.make_eval_step(self.net, cfg.ep, cfg.dynamics, tol, shared=False) if d.val_size else None
         self.spectral = (steps.make_spectral_probe(self.net, cfg.ep, cfg.dynamics, cfg.stability.spectral_iters)
                          if cfg.stability.spectral_iters else None)
-        self.probe = self._make_gradient_probe() if cfg.stability.gradcheck_every else None
+        self.probe = gradient_probe(self.net, cfg, self.data.x_train, self.data.y_train) \
+            if cfg.stability.gradcheck_every and cfg.ep.estimator != "bptt" else None
         self.checkpoints: Checkpoints | None = None
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
-        self.trackers: list[list[loggers.Tracker]] = [[] for _ in self.members]
+        self.trackers = loggers.Trackers([])
 
     @property
     def active(self) -> list[int]:
@@ -149,20 +150,9 @@ class Trainer:
                 figures.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
         return summaries
 
-    def _track(self, k: int, call: str, *args) -> None:
-        """Send to member ``k``'s trackers; a tracker that fails is dropped with a warning (a
-        tracking server going away must not stop training)."""
-        for tracker in list(self.trackers[k]):
-            try:
-                getattr(tracker, call)(*args)
-            except Exception as err:  # the trackers' libraries raise anything
-                log.warning("logger %s failed (%s: %s); the run goes on without it", tracker.kind,
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-                self.trackers[k].remove(tracker)
-
     def _finish(self, summaries: list[record.Summary]) -> list[record.Summary]:
         for k, summary in enumerate(summaries):
-            self._track(k, "finish", summary)
+            self.trackers.send(k, "finish", summary)
         return summaries
 
     def _write_setup(self) -> None:
@@ -197,7 +187,7 @@ class Trainer:
             elif self.checkpoints.steps():
                 raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
             self._write_setup()
-            self.trackers = [loggers.build(cfg, m.dir, m.seed, m.dt) for m in self.members]
+            self.trackers = loggers.Trackers([loggers.build(cfg, m.dir, m.seed, m.dt) for m in self.members])
             self._check_stop(time.perf_counter())
             while self.epoch < cfg.train.epochs and self.active:
                 self._epoch()
@@ -226,8 +216,9 @@ class Trainer:
         val = test = spectral = None
         if self.active:
             if self.val_step is not None:
-                val = steps.means(steps.evaluate(self.val_step, self.state, self._zero_sums(),
-                                                 self._val_batches(), between))
+                val = steps.means(steps.evaluate(self.val_step, self.state, self._zero_sums(), steps.member_batches(
+                    self.data.x_train, self.data.y_train, [m.val_index for m in self.members],
+                    cfg.train.eval_batch_size, self.place.batch), between))
             test = steps.means(steps.evaluate(self.eval_step, self.state, self._zero_sums(), steps.host_batches(
                 self.data.x_test, self.data.y_test, cfg.train.eval_batch_size, self.place.shared), between))
             if self.spectral is not None:
@@ -246,15 +237,6 @@ class Trainer:
                           for k, m in enumerate(self.members)])
         self.state = self.train_step(self.state, Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx])))
         self.batch += 1
-
-    def _val_batches(self):
-        """Each member's own validation examples, batch by batch."""
-        from hets_ep.data import eval_batches
-
-        for idx, valid in eval_batches(self.cfg.dataset.val_size, self.cfg.train.eval_batch_size):
-            rows = np.stack([m.val_index[idx] for m in self.members])
-            mask = np.broadcast_to((np.arange(len(idx)) < valid).astype(np.float32), rows.shape)
-            yield Batch(*map(self.place.batch, (self.data.x_train[rows], self.data.y_train[rows], mask)))
 
     def _mark_unhealthy(self, stats: list[dict], epoch: int) -> None:
         for k in self.active:
@@ -292,9 +274,9 @@ class Trainer:
                 **stability.epoch_monitors(watched, cfg.stability.collapse_drop),
             )
             if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
-                row = dataclasses.replace(row, **self.probe(k))
+                row = dataclasses.replace(row, **self.probe(steps.member(self.state, k)))
             member.rows.append(row)
-            self._track(k, "epoch", row)
+            self.trackers.send(k, "epoch", row)
             log.info("%sseed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
                      f"{self.name}: " if self.name else "", member.seed, row.epoch, row.train_acc,
                      f"val acc {row.val_acc:.4f}, " if va else "", row.test_acc, row.test_fp_residual,
@@ -306,21 +288,6 @@ class Trainer:
         self.elapsed += epoch_time
         self.save()
         self.write(Status.RUNNING)
-
-    def _make_gradient_probe(self):
-        if self.cfg.ep.estimator == "bptt":
-            return lambda k: {}
-        compare = ep.make_comparator(self.net, self.cfg.ep, self.cfg.dynamics, (self.cfg.ep.estimator,))
-        n = min(self.cfg.gradcheck.batch_size, len(self.data.x_train))
-        x, y = self.data.x_train[:n], self.data.y_train[:n]
-
-        def probe(k: int) -> dict:
-            state = steps.member(self.state, k)
-            report = compare(state.params, x, y, state.dt, jax.random.wrap_key_data(state.key))
-            cosines = [v["cosine"] for v in report["estimators"][self.cfg.ep.estimator].values()]
-            return {"gradcheck_min_cosine": min(cosines), "gradcheck_mean_cosine": float(np.mean(cosines))}
-
-        return probe
 
     def _check_stop(self, start: float) -> None:
         """On SIGINT/SIGTERM: checkpoint where the run stands, write ``status: interrupted`` and

@@ -17,8 +17,9 @@ else
   echo "study3_gpu.sh: no CIFAR-10 files (pass CIFAR_DIR): running the grid on MNIST instead" >&2
   data=(dataset=mnist model.channels=[32,64] model.kernel=5 model.padding=0 "optimizer.lr=[0.1,0.05,0.05]")
 fi
+# shellcheck disable=SC2086  # HETS_EP_ARGS: more overrides, e.g. for a dry run on a CPU
 hets-ep train -m train.progress=false hydra/launcher=basic "hydra.sweep.dir=$out/runs" \
   experiment=study3_gpu_cifar10 "${data[@]}" ep=symmetric,holomorphic dt=scalar,lognormal dt.mean=0.5 \
-  dataset.subset=10000 dataset.test_subset=2000 train.epochs=3 train.parallel_seeds=2
+  dataset.subset=10000 dataset.test_subset=2000 train.epochs=3 train.parallel_seeds=2 ${HETS_EP_ARGS:-}
 hets-ep report "$out/runs" --out "$out/report" --metric late --match ep.estimator \
   --family "GPU: HTS − scalar per estimator (reduced)"

@@ -6,7 +6,7 @@ then sends its signal.
     +hydra.callbacks.hold._target_=hold.Hold +hydra.callbacks.hold.at=epoch
     +hydra.callbacks.hold.marker=/tmp/ready  [+hydra.callbacks.hold.job=0]
 
-``at``: ``start`` (before the sweep's first job, in the main process), ``epoch`` (after job
+``at``: ``start`` (before the run or the sweep's first job, in the main process), ``epoch`` (after job
 ``job``'s first epoch is written and checkpointed) or ``between`` (after job ``job`` ended).
 """
 
@@ -37,6 +37,10 @@ class Hold(Callback):
         return int(HydraConfig.get().job.get("num", 0) or 0) == self.job
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        if self.at == "start":
+            _wait_for_a_stop(self.marker)
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
         if self.at == "start":
             _wait_for_a_stop(self.marker)
 

@@ -27,8 +27,11 @@ def test_every_group_option_composes_to_what_the_python_api_builds(group, option
     """``hets-ep train GROUP=OPTION`` runs exactly ``Config(GROUP=Section(**values in the YAML))``."""
     values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
     extra = {"path": "data.npz"} if (group, option) == ("dataset", "npz") else {}  # npz needs its file
-    expected = dataclasses.replace(Config(), **{group: SECTIONS[group](**values, **extra)})
-    assert compose([f"{group}={option}", *(f"{group}.{k}={v}" for k, v in extra.items())]) == expected
+    needs, model = [], ModelConfig()
+    if (group, option) == ("ep", "holomorphic"):  # complex nudges need a holomorphic energy
+        needs, model = ["model.activation=steep_sigmoid"], ModelConfig(activation="steep_sigmoid")
+    expected = dataclasses.replace(Config(model=model), **{group: SECTIONS[group](**values, **extra)})
+    assert compose([f"{group}={option}", *(f"{group}.{k}={v}" for k, v in extra.items()), *needs]) == expected
 
 
 @pytest.mark.parametrize("option", group_options("logger"))
@@ -48,6 +51,34 @@ def test_every_experiment_preset_composes(option):
         assert (cfg.model.dynamics, cfg.model.activation, cfg.dt.mean, cfg.ep.estimator) == \
                ("energy", "steep_sigmoid", 0.2, "one_sided")
         assert (cfg.ep.T1, cfg.ep.T2, cfg.ep.beta, cfg.train.batch_size, cfg.optimizer.lr) == (100, 25, 1.0, 20, [0.1, 0.05])
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for key, value in (node or {}).items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_presets_repeat_a_schema_default_only_to_pin_a_paper_or_undo_their_parent():
+    """An experiment preset may set a key to its schema default only if it says it pins a
+    published setting, or if the preset it builds on sets that key otherwise."""
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config())))
+    for option in group_options("experiment"):
+        raw = OmegaConf.load(CONF / "experiment" / f"{option}.yaml")
+        text = (CONF / "experiment" / f"{option}.yaml").read_text()
+        parents = [p for p in OmegaConf.to_container(raw).get("defaults", []) if isinstance(p, str)]
+        inherited = {}
+        for parent in parents:
+            inherited.update(_flat(OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{parent}.yaml"))))
+        repeated = {k: v for k, v in _flat(OmegaConf.to_container(raw)).items()
+                    if k in defaults and defaults[k] == v and inherited.get(k, v) == v}
+        assert not repeated or "Pins" in text, f"conf/experiment/{option}.yaml repeats schema defaults {repeated}"
 
 
 def test_group_yaml_files_hold_only_what_differs_from_the_schema():

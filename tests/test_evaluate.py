@@ -53,3 +53,20 @@ def test_evaluate_refuses_what_it_cannot_do(run, tmp_path):
     with pytest.raises(HetsEpError, match=r"dataset npz has 10 classes of \(8, 8, 1\) images; the run was trained "
                                           r"on 10 classes of \(28, 28, 1\)"):
         evaluate(run, ["dataset=npz", f"dataset.path={small}"])
+
+
+def test_dynamics_compared_on_the_same_trained_weights(run):
+    """Another dt draw, integrator or relaxation on the run's own weights: accuracy, residuals and
+    steps per phase, and the spectral radius of the step; written beside the run, which is untouched."""
+    before = (run / record.METRICS).read_text()
+    own, = evaluate(run, [])
+    slow, = evaluate(run, ["dt=lognormal", "dt.mean=0.3", "dt.cv=0.5", "ep.T1=400", "ep.tol=1e-4",
+                           "dynamics.integrator=exact"])
+    assert own["free_steps"] == 15 and own["nudged_steps"] == 5 and own["spectral_radius"] > 0
+    assert slow["dt"]["distribution"] == "lognormal" and slow["dt"]["mean"] == pytest.approx(0.3, rel=1e-4)
+    assert 15 < slow["free_steps"] <= 400 and slow["fp_residual"] < own["fp_residual"]
+    # exact steps of 1 − e^{−dt} < dt move less per step than the run's Euler steps of 0.5
+    assert slow["spectral_radius"] > own["spectral_radius"]
+    assert (run / "evaluation-mnist-dt=lognormal-dt.mean=0.3-dt.cv=0.5-ep.T1=400-ep.tol=1e-4-"
+                  "dynamics.integrator=exact.json").is_file()
+    assert (run / record.METRICS).read_text() == before

@@ -59,3 +59,17 @@ def test_one_seed_on_a_split_cpu_is_not_sharded(separate, tmp_path):
                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert "seeds do not divide evenly across them: running unsharded" in result.stdout + result.stderr
     _assert_same_run(tmp_path / record.METRICS, separate(4) / record.METRICS)
+
+
+MODERN = (*TINY, "dataset.subset=1000", "dt=lognormal", "dynamics.schedule=async", "dynamics.noise=0.02",
+          "ep.tol=1e-3", "ep.T1=100", "ep.T2=30", "dynamics.integrator=exact")
+
+
+def test_the_new_options_with_parallel_seeds_equal_separate_runs(tmp_path):
+    """Relaxation to a tolerance stops each seed at its own step count inside one program; each
+    seed draws its own noise."""
+    for seed in (7, 8):
+        hets_ep("train", *MODERN, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}", check=True)
+    hets_ep("train", *MODERN, "seed=7", "train.parallel_seeds=2", f"hydra.run.dir={tmp_path / 'both'}", check=True)
+    for seed in (7, 8):
+        _assert_same_run(tmp_path / "both" / f"seed_{seed}" / record.METRICS, tmp_path / str(seed) / record.METRICS)

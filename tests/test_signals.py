@@ -107,3 +107,14 @@ def test_sigterm_to_a_run_checkpoints_mid_run_and_resume_is_exact(tmp_path):
     hets_ep("train", *args, f"hydra.run.dir={run_dir}", "resume=true", check=True)
     assert record.read_summary(run_dir).status == "completed"
     assert metrics_without_timing(run_dir / record.METRICS) == metrics_without_timing(straight / record.METRICS)
+
+
+def test_a_signal_before_a_run_starts_leaves_nothing_to_resume(tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "holding"
+    proc = start("train", *TINY, f"hydra.run.dir={run_dir}", *held("start", marker))
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"hets-ep: SIGTERM before the run in {run_dir} started; nothing was written"
+    assert not (run_dir / record.SUMMARY).exists() and not record.holds_run(run_dir)

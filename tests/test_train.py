@@ -67,8 +67,15 @@ def test_gradient_cosine_probe_each_epoch(tmp_path):
     assert all(0.9 < r.gradcheck_min_cosine <= r.gradcheck_mean_cosine <= 1.0 + 1e-9 for r in rows), rows
 
 
-def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path):
-    args = ("dataset.subset=3000", "train.epochs=3", "train.batch_size=16")
+MODERN = ("ep=holomorphic", "model.activation=steep_sigmoid", "dynamics.noise=0.02", "dynamics.schedule=async",
+          "dynamics.integrator=exact", "dt=lognormal", "ep.tol=1e-3", "ep.T1=60", "ep.T2=20")
+
+
+@pytest.mark.parametrize("options", [(), pytest.param(MODERN, marks=pytest.mark.slow)], ids=["default", "modern"])
+def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path, options):
+    """Also with every new option at once: the noise stream, the recent losses of the spike
+    count and the relaxation's step counts are part of the checkpointed state."""
+    args = ("dataset.subset=3000", "train.epochs=3", "train.batch_size=16", *options)
     train_here(tmp_path / "straight", *args)
     run_dir = tmp_path / "interrupted"
     trainer = Trainer(compose([*TINY, *args]), run_dir)

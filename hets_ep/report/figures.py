@@ -64,6 +64,15 @@ def _panels(n: int, width: float = 3.2, height: float = 2.6, max_cols: int = 6):
     return fig, list(axes.flat)
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, a title, a grid and the legend outside the plot on the right."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+
+
 def learning_curves(out: Path, analysis: Analysis) -> str:
     facets: dict[str, list[Condition]] = {}
     for cond in analysis.conditions:
@@ -264,11 +273,8 @@ def equivalent_step(out: Path, analysis: Analysis) -> Optional[str]:
                         fmt="s", color=colour, capsize=3, label=f"{r['condition']} (at {key}={r['own']:g})")
         else:
             ax.plot([r["own"]], [r["metric_mean"]], "x", color=colour, label=f"{r['condition']}: {r['position']}")
-    ax.set_xlabel(f"scalar {key}", fontsize=8)
-    ax.set_ylabel(f"{analysis.metric} (%)", fontsize=8)
-    ax.set_title("equivalent scalar step: where each condition meets the scalar curve (95% CI)", fontsize=8)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.grid(alpha=0.3)
+    _label(ax, f"scalar {key}", f"{analysis.metric} (%)",
+           "equivalent scalar step: where each condition meets the scalar curve (95% CI)")
     figures.save(fig, out / "equivalent_step.png")
     return "equivalent_step.png"
 
@@ -311,12 +317,8 @@ def compute(out: Path, analysis: Analysis) -> Optional[str]:
         ax.errorbar([steps.mean()], [metric.mean()], xerr=[[steps.mean() - steps.min()], [steps.max() - steps.mean()]],
                     fmt=marker, color=_colour(cond), ms=6, capsize=2, label=cond.label)
     ax.set_xscale("log")
-    ax.set_xlabel("relaxation steps per run (every phase of every training batch; bars: range over seeds)",
-                  fontsize=8)
-    ax.set_ylabel(f"{analysis.metric} ({'%' if analysis.metric in POINTS else ''})", fontsize=8)
-    ax.set_title("accuracy against compute", fontsize=9)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.grid(alpha=0.3)
+    _label(ax, "relaxation steps per run (every phase of every training batch; bars: range over seeds)",
+           f"{analysis.metric} ({'%' if analysis.metric in POINTS else ''})", "accuracy against compute")
     figures.save(fig, out / "compute.png")
     return "compute.png"
 
