@@ -232,8 +232,7 @@ def _explain(err: Exception, cmd: CommandLine, job: list[str]) -> str:
     message = _one_line(err)
     if not cmd.swept:
         return message
-    chosen = [o for o in job if o.split("=", 1)[0].lstrip("+~") in {s.key_or_group for s in cmd.swept}]
-    return f"{message} (in the sweep's job {' '.join(chosen)})"
+    return f"{message} (in the sweep's job {' '.join(job[len(cmd.fixed):])})"
 
 
 @functools.lru_cache(maxsize=None)

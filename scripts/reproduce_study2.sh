@@ -10,13 +10,8 @@ out=${1:-outputs/study2}
 phase=${2:-all}
 docs=${HETS_EP_STUDY_DOCS:-docs/study2}
 extra=(train.progress=false hydra.callbacks.sweep_end.report=false ${HETS_EP_ARGS:-})
-seeds() { seq -s, "$1" "$2"; }
-sweep() {  # sweep DIR ARGS...: one Hydra multirun into DIR; an existing one is continued
-  local dir=$1; shift
-  local resume=()
-  [ -d "$dir" ] && resume=(resume=true)
-  hets-ep train -m "${extra[@]}" "hydra.sweep.dir=$dir" "${resume[@]}" "$@"
-}
+# shellcheck source=scripts/study_sweep.sh
+. "$(dirname "$0")/study_sweep.sh"
 
 train() {
   # A. Confirmation at the large step (energy dynamics, mean dt 0.8): 24 paired seeds for scalar,

@@ -11,13 +11,8 @@ out=${1:-outputs/study3}
 phase=${2:-all}
 docs=${HETS_EP_STUDY_DOCS:-docs/study3}
 extra=(train.progress=false hydra.callbacks.sweep_end.report=false ${HETS_EP_ARGS:-})
-seeds() { seq -s, "$1" "$2"; }
-sweep() {  # sweep DIR ARGS...: one Hydra multirun into DIR; an existing one is continued
-  local dir=$1; shift
-  local resume=()
-  [ -d "$dir" ] && resume=(resume=true)
-  hets-ep train -m "${extra[@]}" "hydra.sweep.dir=$dir" "${resume[@]}" "$@"
-}
+# shellcheck source=scripts/study_sweep.sh
+. "$(dirname "$0")/study_sweep.sh"
 tau=(dt=lognormal dt.cv=0.5 dt.match=tau dt.dt_max=8)
 tol=(ep.tol=1e-3 ep.T1=800 ep.T2=300)
 

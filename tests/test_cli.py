@@ -48,19 +48,22 @@ def test_bad_config_fails_early_with_one_line(tmp_path, capsys, override, messag
     assert not run_dir.exists()  # nothing was started
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["dt=lognormal", "dt.cv=0.3,5"], "dt.cv: lognormal truncated to [0.01, 1.0] at mean 0.5 reaches cv"),
-    (["model.hidden=[64],[64,32]", "optimizer.lr=[0.1,0.05]"], "optimizer.lr: lists 2 rates; the model has 3 layers"),
-    (["dataset.subset=1000,20"], "train.batch_size: 32 exceeds the 20 training examples (dataset.subset=20)"),
+@pytest.mark.parametrize("overrides, message, job", [
+    (["dt=lognormal", "dt.cv=0.3,5"], "dt.cv: lognormal truncated to [0.01, 1.0] at mean 0.5 reaches cv", "dt.cv=5"),
+    (["model.hidden=[64],[64,32]", "optimizer.lr=[0.1,0.05]"], "optimizer.lr: lists 2 rates; the model has 3 layers",
+     "model.hidden=[64,32]"),
+    (["dataset.subset=1000,20"], "train.batch_size: 32 exceeds the 20 training examples (dataset.subset=20)",
+     "dataset.subset=20"),
     (["dt=layerwise", "dt.layers=[0.2,0.4]", "model.hidden=[64],[64,32]"],
-     "dt.layers: lists 2 values; the model has 3 state layers"),
+     "dt.layers: lists 2 values; the model has 3 state layers", "model.hidden=[64,32]"),
 ])
-def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsys, overrides, message):
+def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsys, overrides, message, job):
     """What only a job used to find (the sampler cannot reach a cv, a rate list longer than the
-    model, a batch larger than the data) stops the sweep before its first job, naming the job."""
+    model, a batch larger than the data) stops the sweep before its first job, naming the job by
+    its swept values (a key also given once, as TINY gives dataset.subset, is not repeated)."""
     sweep = tmp_path / "sweep"
     err = _fails(capsys, "train", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep}")
-    assert message in err and "(in the sweep's job " in err, err
+    assert message in err and err.strip().endswith(f"(in the sweep's job {job})"), err
     assert not sweep.exists()
 
 
@@ -191,11 +194,16 @@ def test_slurm_off_a_cluster_is_one_line(capsys, monkeypatch):
 @pytest.mark.slow  # a gradient check through the command line (CI runs it)
 def test_gradcheck_command(tmp_path):
     result = hets_ep("gradcheck", TINY[1], "model.hidden=[64]", "model.activation=steep_sigmoid", "ep.T1=200",
-                     "ep.T2=100", "ep.beta=0.05", "gradcheck.batch_size=16", f"hydra.run.dir={tmp_path}", check=True)
+                     "ep.T2=100", "ep.beta=0.05", "gradcheck.batch_size=16", "gradcheck.gdu=true",
+                     "gradcheck.estimators=[one_sided,negative,symmetric,holomorphic]", f"hydra.run.dir={tmp_path}",
+                     check=True)
     report = json.loads((tmp_path / record.GRADCHECK).read_text())
-    assert set(report["estimators"]) == {"one_sided", "negative", "random_sign", "symmetric"}
+    assert set(report["estimators"]) == {"one_sided", "negative", "symmetric", "holomorphic"}
     assert min(v["cosine"] for v in report["estimators"]["symmetric"].values()) > 0.99
-    assert "symmetric" in result.stdout
+    assert "holomorphic" in result.stdout and "negative" in result.stdout
+    gdu = json.loads((tmp_path / "gdu.json").read_text())
+    assert {"s1", "s2", "layers_1/kernel"} <= set(gdu["tensors"]) and "−P ⊙ ∂L/∂s" in gdu["compares"]
+    assert (tmp_path / "gdu" / "layers_1_kernel.png").stat().st_size > 5000
 
 
 @pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)

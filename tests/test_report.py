@@ -242,3 +242,13 @@ def test_secondary_endpoints_and_the_spread_test_equal_scipy(tmp_path):
     assert drawdown["mean_diff"] == pytest.approx(np.mean(da - db))
     assert drawdown["p_t"] == pytest.approx(stats.ttest_rel(da, db).pvalue)
     assert set(analysis.secondary["endpoint"]) >= {"max_drawdown", "jitter", "loss_spikes", "relaxation_steps"}
+
+
+def test_a_baseline_is_named_as_the_command_line_writes_its_value(tmp_path):
+    """``--baseline dynamics.noise=0.0`` names the runs whose noise is 0 (written 0.0 or 0)."""
+    for seed in range(3):
+        _fake_run(tmp_path / f"q{seed}", seed, [0.9, 0.91, 0.92])
+        _fake_run(tmp_path / f"n{seed}", seed, [0.9, 0.9, 0.9 - 0.01 * seed], **{"dynamics.noise": 0.04})
+    for text in ("dynamics.noise=0.0", "dynamics.noise=0", "dynamics.noise=0.00"):
+        row = analyse([tmp_path], ReportOptions(baseline=text)).comparisons.iloc[0]
+        assert row["pairs"] == 3 and row["mean_diff"] == pytest.approx(-100 * (0.01 + 0.01 / 3), abs=1e-6), text

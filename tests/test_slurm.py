@@ -4,6 +4,7 @@ requeue, the time limit, a failing job and a cancelled one. Marked ``slurm``: th
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -105,13 +106,19 @@ def test_a_job_at_its_time_limit_is_resubmitted_and_ends_equal(slurm, tmp_path):
 
 
 def test_a_failing_job_fails_the_sweep_promptly_with_its_error(slurm, tmp_path):
+    """A fault only a job can meet (its data, read on the node, is corrupt): the precheck passes."""
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(MNIST_ROOT, corrupt)
+    (corrupt / "train-labels-idx1-ubyte.gz").write_bytes(b"not the labels")
     sweep = tmp_path / "sweep"
-    proc = _sweep(slurm, *LONG, "train.batch_size=32", "train.epochs=1", "dataset.subset=10,1000",
-                  f"hydra.sweep.dir={sweep}")
+    proc = _sweep(slurm, *LONG, "dataset.subset=1000", "train.batch_size=32", "train.epochs=1",
+                  f"dataset.root={MNIST_ROOT},{corrupt}", f"hydra.sweep.dir={sweep}")
     code, _, err = _finish(proc, slurm, timeout=300)
     assert code == 2, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("hets-ep: error: 1 of 2 sweep jobs failed (0); job 0: "
-                                                   "train.batch_size: 32 exceeds the 10 training examples")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("hets-ep: error: 1 of 2 sweep jobs failed (1); job 1: "), last
+    assert "train-labels-idx1-ubyte.gz: SHA-256 mismatch" in last, last
+    assert record.read_summary(sweep / "0").status == "completed"
     ended = max((sweep / d / record.SUMMARY).stat().st_mtime for d in ("0", "1"))
     assert time.time() - ended < 60  # the sweep saw the end within seconds, not after polling on
 

@@ -236,8 +236,18 @@ def selector(text: str) -> dict[str, str]:
     return out
 
 
+def same_value(value, text: str) -> bool:
+    """Whether a config value is the one a selector's text names (``0.0`` names 0, ``null`` None)."""
+    if fmt(value) == text or str(value).lower() == text.lower() or (value is None and text.lower() in ("null", "none")):
+        return True
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and float(text) == float(value)
+    except ValueError:
+        return False
+
+
 def matches(cond: Condition, chosen: dict[str, str]) -> bool:
-    return all(fmt(cond.values.get(k, cond.runs[0].config.get(k))) == v for k, v in chosen.items())
+    return all(same_value(cond.values.get(k, cond.runs[0].config.get(k)), v) for k, v in chosen.items())
 
 
 @dataclasses.dataclass
