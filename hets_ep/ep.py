@@ -128,11 +128,8 @@ def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, pha
     points = nudges(phases)
     runs = [nudged(k, d) for k, (d, _) in enumerate(points)]
     if phases.estimator in ("symmetric", "holomorphic"):  # Σ_k w_k / β_k = 0: g(0) cancels
-        if phases.estimator == "symmetric":
-            terms, denominator = ((1.0, runs[0].state, beta), (-1.0, runs[1].state, -beta)), 2 * beta
-        else:
-            terms = tuple((w / d, r.state, beta * d) for (d, w), r in zip(points, runs))
-            denominator = beta
+        terms = tuple((w / d, r.state, beta * d) for (d, w), r in zip(points, runs))
+        denominator = beta
     else:
         b = beta * points[0][0]
         terms, denominator = ((1.0, runs[0].state, b), (-1.0, free.state, None)), b
