@@ -3,9 +3,9 @@ imports, so SIGINT/SIGTERM at any moment of start-up ends in one line, never a t
 
 
 def main() -> None:
-    from hets_ep import runtime
+    from hets_ep import signals
 
-    runtime.stop.hold()
+    signals.stop.hold()
     from hets_ep.cli import main as command_line
 
     command_line()

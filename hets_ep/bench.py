@@ -28,7 +28,7 @@ N separate ``hets-ep train`` processes one after another, and as one ``hets-ep t
 (the default launcher), end to end.
 
 **Relaxation** (``--relax``): on 32 MNIST images and the default network (784-512-10, leaky,
-hard sigmoid) at initial weights, scalar dt 0.5 and lognormal mean 0.5 cv 0.5, each schedule
+hard sigmoid) at initial weights, scalar dt 0.5 and lognormal mean 0.5 cv 0.5, each update order
 (``sync``, ``async``): the steps the free phase needs until every sample's fixed-point
 residual is below 1e-3 and 1e-4, the time of the ``ep.tol`` relaxation (checked every 5 steps)
 against a fixed scan of the steps it took (equal final residual: the cost of checking), and
@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hets_ep import atomic, ep, optim, runtime, steps
+from hets_ep import atomic, ep, optim, provenance, steps, xla
 from hets_ep.config import DtConfig, DynamicsConfig, EPConfig, ModelConfig, OptimizerConfig, StabilityConfig
 from hets_ep.dynamics import relax
 from hets_ep.dynamics import step as dynamics_step
@@ -252,7 +252,7 @@ def hand_step(net: Network, params, drive: jax.Array, s, dt):
 def kernel(repeats: int = 5, batches: int = 10, quick: bool = False) -> dict:
     """The kernel section (see the module docstring)."""
     peak = matmul_peak()
-    results = {"device": runtime.versions()["device"], "versions": runtime.versions(), "matmul_peak_gflops": peak,
+    results = {"device": provenance.versions()["device"], "versions": provenance.versions(), "matmul_peak_gflops": peak,
                "workloads": {}}
     for name, spec in WORKLOADS.items():
         if quick and name != "mlp 784-512-10 b128":
@@ -300,7 +300,7 @@ def kernel(repeats: int = 5, batches: int = 10, quick: bool = False) -> dict:
 
 def measure(workload: str, members: int, batches: int, cpu_devices: int = 1) -> dict:
     """Steady-state seed-samples/s of ``members`` seeds of a study workload in this process."""
-    runtime.configure_xla(cpu_devices=cpu_devices)
+    xla.configure(cpu_devices=cpu_devices)
     from hets_ep.placement import Placement
 
     spec = STUDY[workload]
@@ -329,7 +329,7 @@ def _measure_in(processes: int, workload: str, members: int, batches: int, singl
     """Total seed-samples/s of ``processes`` fresh processes measuring at the same time."""
     env = dict(os.environ)
     if single_thread:
-        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *runtime.SINGLE_THREAD_FLAGS]).strip()
+        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *xla.SINGLE_THREAD_FLAGS]).strip()
     cmd = [sys.executable, "-m", "hets_ep.bench", "--measure", workload, str(members), str(batches),
            str(cpu_devices)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -342,14 +342,14 @@ def _measure_in(processes: int, workload: str, members: int, batches: int, singl
 
 def study(batches: int = 200, quick: bool = False) -> dict:
     """The study-throughput section (see the module docstring)."""
-    n = runtime.cores()
+    n = xla.cores()
     out = {"cores": n, "workloads": {}}
     for workload, spec in STUDY.items():
         b = batches if "b20" in workload else batches * 2
         modes = {"one process": (1, 1, False, 1), "one process, one XLA thread": (1, 1, True, 1)}
         for k in (2, 4, 8) if not quick else (8,):
             modes[f"{k} seeds vmap, one device"] = (1, k, False, 1)
-            modes[f"{k} seeds across the cores (parallel_seeds)"] = (1, k, False, runtime.members_per_device(k))
+            modes[f"{k} seeds across the cores (parallel_seeds)"] = (1, k, False, xla.members_per_device(k))
         modes[f"{n} processes × 1 thread (sweep default)"] = (n, 1, True, 1)
         modes[f"{n} processes × 1 thread × {8 // n} seeds"] = (n, max(1, 8 // n), True, 1)
         rows = {}
@@ -448,7 +448,7 @@ def _per_step_in_fresh_process(workload: str) -> dict:
     """:func:`per_step` in a fresh process on one XLA thread, as each job of a sweep runs, and
     pinned to one core, which keeps the figures steady from one run to the next."""
     out = subprocess.run([sys.executable, "-m", "hets_ep.bench", "--per-step", workload], capture_output=True,
-                         text=True, env={**os.environ, "XLA_FLAGS": " ".join(runtime.SINGLE_THREAD_FLAGS)})
+                         text=True, env={**os.environ, "XLA_FLAGS": " ".join(xla.SINGLE_THREAD_FLAGS)})
     if out.returncode:
         raise RuntimeError(f"bench per-step measurement failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -494,8 +494,8 @@ def relaxation(repeats: int = 5) -> dict:
                                                                      DtConfig("lognormal", 0.5, cv=0.5))):
         dt = tuple(map(jnp.asarray, sample_dt(0, spec, net.state_shapes(x.shape[1:]))[0]))
         s0 = tuple(jnp.zeros((32, *d.shape)) for d in dt)
-        for schedule in ("sync", "async"):
-            dynamics = DynamicsConfig(schedule=schedule)
+        for order in ("sync", "async"):
+            dynamics = DynamicsConfig(update_order=order)
 
             def run(n, tol=None, every=5):
                 fn = jax.jit(lambda d: relax(net, params, d, s0, dt, n, dynamics, window=1, tol=tol,
@@ -517,8 +517,8 @@ def relaxation(repeats: int = 5) -> dict:
             row["fixed 30 steps"] = {"fixed_s": _timeit(lambda: jax.block_until_ready(plain(drive)), repeats),
                                      "while_s": _timeit(lambda: jax.block_until_ready(looped(drive)), repeats)}
             row["fixed 30 steps"]["ratio"] = row["fixed 30 steps"]["while_s"] / row["fixed 30 steps"]["fixed_s"]
-            out["steps_to_residual"][f"{dt_name}, {schedule}"] = row
-            print(f"{dt_name + ', ' + schedule:<28} steps to residual 1e-3: {row['tol 0.001']['steps']:>4}, 1e-4: "
+            out["steps_to_residual"][f"{dt_name}, {order}"] = row
+            print(f"{dt_name + ', ' + order:<28} steps to residual 1e-3: {row['tol 0.001']['steps']:>4}, 1e-4: "
                   f"{row['tol 0.0001']['steps']:>4}; ep.tol / fixed at equal residual "
                   f"{row['tol 0.0001']['ratio']:.2f}×; 30 steps through the while loop / scan "
                   f"{row['fixed 30 steps']['ratio']:.2f}×", flush=True)
@@ -541,7 +541,7 @@ def relaxation(repeats: int = 5) -> dict:
 
 SPEED = {"sync, fixed T1 30 / T2 10 (the default)": [],
          "sync, fixed T1 10 / T2 4": ["ep.T1=10", "ep.T2=4"],
-         "async, fixed T1 10 / T2 4": ["dynamics.schedule=async", "ep.T1=10", "ep.T2=4"]}
+         "async, fixed T1 10 / T2 4": ["dynamics.update_order=async", "ep.T1=10", "ep.T2=4"]}
 
 
 def speed() -> dict:
@@ -570,7 +570,7 @@ def speed() -> dict:
 def gpu(repeats: int = 5, quick: bool = False) -> dict:
     """The GPU section: workload 1 at batch 128 and 1024, 8 and 64 seeds of the large-step
     workload at batch 20, the ConvNet at batch 128 (``quick``: batch 128 and 8 seeds only)."""
-    out = {"device": runtime.versions()["device"], "versions": runtime.versions(), "workloads": {}}
+    out = {"device": provenance.versions()["device"], "versions": provenance.versions(), "workloads": {}}
     names = ("mlp 784-512-10 b128",) if quick else ("mlp 784-512-10 b128", "mlp 784-512-10 b1024",
                                                     "convnet 32x32x3 b128")
     for name in names:
@@ -622,7 +622,7 @@ def markdown(results: dict) -> str:
         r = results["relax"]
         rows += ["", "Free-phase steps until every sample's fixed-point residual is below the tolerance (32 MNIST "
                      "images, initial weights), and the cost of relaxing to a tolerance:", "",
-                 "| dt, schedule | steps to 1e-3 | steps to 1e-4 | ep.tol / fixed scan at equal residual (1e-4) "
+                 "| dt, update order | steps to 1e-3 | steps to 1e-4 | ep.tol / fixed scan at equal residual (1e-4) "
                  "| 30 steps: while loop / scan |", "|---|---|---|---|---|"]
         rows += [f"| {name} | {v['tol 0.001']['steps']} | {v['tol 0.0001']['steps']} | "
                  f"{v['tol 0.0001']['ratio']:.2f}× | {v['fixed 30 steps']['ratio']:.2f}× |"
@@ -652,7 +652,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep", type=int, default=0, metavar="N",
                         help="also time an N-seed cell end to end, separate processes against one sweep (minutes)")
     parser.add_argument("--relax", action="store_true",
-                        help="also steps to a residual per schedule, the cost of ep.tol, the estimators' cost")
+                        help="also steps to a residual per update order, the cost of ep.tol, the estimators' cost")
     parser.add_argument("--speed", action="store_true",
                         help="also whole default training runs, sync fixed steps against async (minutes)")
     parser.add_argument("--gpu", action="store_true", help="the GPU section only (scripts/gpu_bench.sh)")

@@ -4,7 +4,7 @@
 sweep, after every job returned: it prints a compact table of the sweep (one line per
 condition), writes the report into ``SWEEP_DIR/report`` (``hydra.callbacks.sweep_end.report=false``
 turns both off), and reads every job's record for failures and interruptions, which it reports
-through :data:`hets_ep.runtime.outcome` (Hydra turns a callback's exceptions into warnings):
+through :data:`hets_ep.signals.outcome` (Hydra turns a callback's exceptions into warnings):
 the command line then fails with one line naming the failed jobs and the first error.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from hets_ep import record, runtime
+from hets_ep import record, signals
 from hets_ep.errors import HetsEpError
 from hets_ep.record import Status
-from hets_ep.runtime import RunInterrupted
+from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
 
@@ -41,10 +41,10 @@ class SweepEnd(Callback):
             sweep_summary(sweep)
         failed = [(d, s) for d, s in summaries.items() if s.status == Status.FAILED]
         interrupted = [d for d, s in summaries.items() if s.status == Status.INTERRUPTED]
-        if runtime.stop.received is not None or (interrupted and not failed):
-            runtime.outcome.report(RunInterrupted(runtime.stop.received or signal.SIGTERM, sweep, sweep=True))
+        if signals.stop.received is not None or (interrupted and not failed):
+            signals.outcome.report(RunInterrupted(signals.stop.received or signal.SIGTERM, sweep, sweep=True))
         elif failed:
             first, summary = failed[0]
-            runtime.outcome.report(HetsEpError(
+            signals.outcome.report(HetsEpError(
                 f"{len(failed)} of {len(summaries)} sweep jobs failed ({', '.join(d.name for d, _ in failed)}); job "
                 f"{first.name}: {summary.error} (its log: {first / 'train.log'})"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import field
 from importlib import resources
 from typing import Any, List, Optional, Sequence
@@ -30,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hets_ep.data.batching import NORMALIZATIONS
 from hets_ep.data.registry import NAMES as DATASETS
 from hets_ep.dynamics import DIAGNOSTIC_WINDOW, INTEGRATORS, NOISE_MODES
-from hets_ep.dynamics import SCHEDULES as UPDATE_ORDERS
+from hets_ep.dynamics import UPDATE_ORDERS
 from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS, HOLOMORPHIC
 from hets_ep.errors import ConfigError
 from hets_ep.models import ACTIVATIONS, Network, build_network
@@ -69,18 +70,40 @@ def _count(key: str, value: int, low: int = 1, high: int = MAX_COUNT) -> None:
     _check(low <= value <= high, key, f"must be in [{low}, {high}], got {value}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """What a key means beyond its value.
+
+    * ``condition``: runs that differ in it are different conditions (the report groups and
+      pairs runs by these keys; bookkeeping, paths and analysis thresholds are not).
+    * ``resume``: a continued run may change it (``resume=…`` with a new ``train.epochs``).
+    * ``evaluate``: ``hets-ep evaluate`` may change it (the dynamics measured on trained weights).
+    """
+
+    condition: bool = True
+    resume: bool = False
+    evaluate: bool = False
+
+
+def key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **roles: bool) -> Any:
+    """A schema field and its :class:`Roles` (on a section: the roles of every key in it that
+    declares none). Every key goes through here: ``tests/test_config.py`` fails on one that does
+    not, so a new key cannot fall through the report, resume or evaluate unnoticed."""
+    return field(default=default, default_factory=factory, metadata={"roles": roles})
+
+
 @dataclasses.dataclass
 class DatasetConfig:
     """Which data, how much of it, and how it is split and scaled."""
 
-    name: str = "mnist"
-    root: Optional[str] = None        # a folder with the dataset's files, read instead of the cache
-    path: Optional[str] = None        # dataset=npz: FILE.npz with x_train, y_train, x_test, y_test
-    subset: Optional[int] = None      # first N training examples (quick runs)
-    test_subset: Optional[int] = None  # first N test examples (quick runs)
-    val_size: int = 0                 # training examples held out for validation, per seed (0: none)
-    normalize: str = "unit"
-    augment: bool = False
+    name: str = key("mnist")
+    root: Optional[str] = key(None, condition=False)  # a folder with the dataset's files, read instead of the cache
+    path: Optional[str] = key(None)        # dataset=npz: FILE.npz with x_train, y_train, x_test, y_test
+    subset: Optional[int] = key(None)      # first N training examples (quick runs)
+    test_subset: Optional[int] = key(None)  # first N test examples (quick runs)
+    val_size: int = key(0)                 # training examples held out for validation, per seed (0: none)
+    normalize: str = key("unit")
+    augment: bool = key(False)
 
     def __post_init__(self):
         _choice("dataset.name", self.name, DATASETS)
@@ -98,15 +121,15 @@ class DatasetConfig:
 class ModelConfig:
     """The network: architecture, activation, loss and dynamics (see :mod:`hets_ep.models`)."""
 
-    arch: str = "mlp"
-    hidden: List[int] = field(default_factory=lambda: [512])
-    channels: List[int] = field(default_factory=lambda: [32, 64])
-    kernel: int = 5
-    padding: int = 0
-    pool: str = "max"
-    activation: str = "hard_sigmoid"
-    loss: str = "mse"          # mse on the output layer, or ce through a softmax read-out
-    dynamics: str = "leaky"    # leaky: s += dt (σ(∂Φ/∂s) − s); energy: s -= dt ∂E/∂s
+    arch: str = key("mlp")
+    hidden: List[int] = key(factory=lambda: [512])
+    channels: List[int] = key(factory=lambda: [32, 64])
+    kernel: int = key(5)
+    padding: int = key(0)
+    pool: str = key("max")
+    activation: str = key("hard_sigmoid")
+    loss: str = key("mse")          # mse on the output layer, or ce through a softmax read-out
+    dynamics: str = key("leaky")    # leaky: s += dt (σ(∂Φ/∂s) − s); energy: s -= dt ∂E/∂s
 
     def __post_init__(self):
         _choice("model.arch", self.arch, ARCHITECTURES)
@@ -134,18 +157,18 @@ class ModelConfig:
 class DtConfig:
     """Per-neuron time steps (see :mod:`hets_ep.timeconstants`)."""
 
-    dist: str = "scalar"
-    mean: float = 0.5          # the value of the matched statistic (dt.match)
-    cv: float = 0.0
-    dt_min: float = 0.01
-    dt_max: float = 1.0
-    sample: str = "dt"         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
-    match: str = "mean"        # the statistic of dt held at `mean`: mean | geomean | tau (harmonic mean) | none
-    match_cv: bool = True      # and reshape until the realised cv equals `cv`
-    per: str = "unit"          # conv layers: one dt per unit, or per channel
-    base: str = "lognormal"    # layerwise: the family whose quantiles set the layers' values
-    layers: Optional[List[float]] = None  # layerwise: one dt per state layer, input side first
-    redraw: str = "none"       # batch: every batch, permute the draw across each layer's neurons
+    dist: str = key("scalar")
+    mean: float = key(0.5)          # the value of the matched statistic (dt.match)
+    cv: float = key(0.0)
+    dt_min: float = key(0.01)
+    dt_max: float = key(1.0)
+    sample: str = key("dt")         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
+    match: str = key("mean")        # the statistic of dt held at `mean`: mean | geomean | tau (harmonic mean) | none
+    match_cv: bool = key(True)      # and reshape until the realised cv equals `cv`
+    per: str = key("unit")          # conv layers: one dt per unit, or per channel
+    base: str = key("lognormal")    # layerwise: the family whose quantiles set the layers' values
+    layers: Optional[List[float]] = key(None)  # layerwise: one dt per state layer, input side first
+    redraw: str = key("none")       # batch: every batch, permute the draw across each layer's neurons
 
     def __post_init__(self):
         _choice("dt.dist", self.dist, DISTRIBUTIONS)
@@ -177,15 +200,15 @@ class DtConfig:
 class DynamicsConfig:
     """How the state relaxes (see :mod:`hets_ep.dynamics`; the energy itself is ``model.dynamics``)."""
 
-    integrator: str = "euler"  # euler: s += dt (T(s) − s); exact: s += (1 − e^{−dt}) (T(s) − s)
-    schedule: str = "sync"     # sync: all layers from the old state; async: even layers, then odd ones
-    noise: float = 0.0         # σ of the state noise (0: none)
-    noise_mode: str = "step"   # step: σ on the local field each step; sde: σ√dt on the state
-    noise_eval: bool = False   # noise in evaluation too (training always has it when σ > 0)
+    integrator: str = key("euler")  # euler: s += dt (T(s) − s); exact: s += (1 − e^{−dt}) (T(s) − s)
+    update_order: str = key("sync")  # sync: all layers from the old state; async: even layers, then odd ones
+    noise: float = key(0.0)         # σ of the state noise (0: none)
+    noise_mode: str = key("step")   # step: σ on the local field each step; sde: σ√dt on the state
+    noise_eval: bool = key(False)   # noise in evaluation too (training always has it when σ > 0)
 
     def __post_init__(self):
         _choice("dynamics.integrator", self.integrator, INTEGRATORS)
-        _choice("dynamics.schedule", self.schedule, UPDATE_ORDERS)
+        _choice("dynamics.update_order", self.update_order, UPDATE_ORDERS)
         _choice("dynamics.noise_mode", self.noise_mode, NOISE_MODES)
         _number("dynamics.noise", self.noise, low=0)
 
@@ -194,15 +217,15 @@ class DynamicsConfig:
 class EPConfig:
     """Static settings of one gradient estimate (see :mod:`hets_ep.ep`)."""
 
-    estimator: str = "symmetric"
-    beta: float = 0.5          # |β| (holomorphic: the radius of the circle)
-    N: int = 4                 # holomorphic: points on the circle
-    T1: int = 30               # free-phase steps (with tol: at most)
-    T2: int = 10               # nudged-phase steps (with tol: at most)
-    tol: Optional[float] = None  # relax each phase until every sample's fixed-point residual is ≤ tol
-    tol_every: int = 5         # steps between two checks of tol
-    window: int = DIAGNOSTIC_WINDOW  # last steps that the oscillation count covers
-    unroll: int = 1            # lax.scan unroll factor (speed only; results are unchanged)
+    estimator: str = key("symmetric")
+    beta: float = key(0.5, evaluate=True)   # |β| (holomorphic: the radius of the circle)
+    N: int = key(4, evaluate=True)          # holomorphic: points on the circle
+    T1: int = key(30, evaluate=True)        # free-phase steps (with tol: at most)
+    T2: int = key(10, evaluate=True)        # nudged-phase steps (with tol: at most)
+    tol: Optional[float] = key(None, evaluate=True)  # relax each phase until every sample's fixed-point residual is ≤ tol
+    tol_every: int = key(5, evaluate=True)  # steps between two checks of tol
+    window: int = key(DIAGNOSTIC_WINDOW, condition=False)  # last steps that the oscillation count covers
+    unroll: int = key(1, condition=False)   # lax.scan unroll factor (speed only; results are unchanged)
 
     def __post_init__(self):
         _choice("ep.estimator", self.estimator, ESTIMATORS)
@@ -225,15 +248,15 @@ class OptimizerConfig:
     """``lr`` is one rate for all layers or one per layer, input side first (a layer's weights
     and bias share it); ``lr_scale`` multiplies every rate, so a sweep scales them together."""
 
-    name: str = "sgd"
-    lr: Any = field(default_factory=lambda: [0.03])
-    lr_scale: float = 1.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "cosine"   # constant | cosine | step (× step_gamma every step_every epochs)
-    step_every: int = 10
-    step_gamma: float = 0.1
+    name: str = key("sgd")
+    lr: Any = key(factory=lambda: [0.03])
+    lr_scale: float = key(1.0)
+    momentum: float = key(0.9)
+    nesterov: bool = key(False)
+    weight_decay: float = key(0.0)
+    schedule: str = key("cosine")   # constant | cosine | step (× step_gamma every step_every epochs)
+    step_every: int = key(10)
+    step_gamma: float = key(0.1)
 
     def __post_init__(self):
         _choice("optimizer.name", self.name, OPTIMIZERS)
@@ -253,13 +276,13 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class TrainLoopConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int = 1000
-    explode_threshold: float = 1.0e3  # |state| above this counts as divergence
-    check_every: int = 50             # batches between divergence checks
-    progress: bool = True
-    parallel_seeds: int = 1           # K seeds seed … seed+K−1 in one vmap-ed program
+    epochs: int = key(10, resume=True)
+    batch_size: int = key(32)
+    eval_batch_size: int = key(1000, condition=False, evaluate=True)
+    explode_threshold: float = key(1.0e3, condition=False)  # |state| above this counts as divergence
+    check_every: int = key(50, condition=False, resume=True)  # batches between divergence checks
+    progress: bool = key(True, condition=False, resume=True)
+    parallel_seeds: int = key(1, condition=False)  # K seeds seed … seed+K−1 in one vmap-ed program
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "check_every", "parallel_seeds"):
@@ -271,18 +294,18 @@ class TrainLoopConfig:
 class StabilityConfig:
     """Thresholds of the stability statistics (see :mod:`hets_ep.stability`)."""
 
-    collapse_drop: float = 0.05   # a collapse: accuracy falls this far below its running best
-    chance_margin: float = 0.05   # never learned: best accuracy below chance + this margin
-    jitter_window: int = 5        # std of test accuracy over the last k epochs
-    late_window: int = 3          # the primary metric `late`: mean test accuracy over the last k epochs
-    residual_tol: float = 1.0e-2  # a sample is unconverged if its fixed-point residual exceeds this
-    target_acc: float = 0.9       # epochs to reach this test accuracy
-    spike_factor: float = 3.0     # a loss spike: a batch loss above this × the median of the last batches
-    spike_window: int = 50        # … of this many batches
-    spectral_batch: int = 64      # the spectral radius of the relaxation step: on this many test images
-    spectral_iters: int = 40      # … by this many power iterations (0: not measured)
-    gradcheck_every: int = 0      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
-    monitor: str = "auto"         # the split that best epoch and collapses are read on (auto: val if any)
+    collapse_drop: float = key(0.05)   # a collapse: accuracy falls this far below its running best
+    chance_margin: float = key(0.05)   # never learned: best accuracy below chance + this margin
+    jitter_window: int = key(5)        # std of test accuracy over the last k epochs
+    late_window: int = key(3)          # the primary metric `late`: mean test accuracy over the last k epochs
+    residual_tol: float = key(1.0e-2, evaluate=True)  # a sample is unconverged if its fixed-point residual exceeds this
+    target_acc: float = key(0.9)       # epochs to reach this test accuracy
+    spike_factor: float = key(3.0)     # a loss spike: a batch loss above this × the median of the last batches
+    spike_window: int = key(50)        # … of this many batches
+    spectral_batch: int = key(64, evaluate=True)  # the spectral radius of the relaxation step: on this many test images
+    spectral_iters: int = key(40, evaluate=True)  # … by this many power iterations (0: not measured)
+    gradcheck_every: int = key(0)      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
+    monitor: str = key("auto")         # the split that best epoch and collapses are read on (auto: val if any)
 
     def __post_init__(self):
         for key in ("collapse_drop", "chance_margin", "residual_tol", "target_acc"):
@@ -299,9 +322,9 @@ class StabilityConfig:
 
 @dataclasses.dataclass
 class GradcheckConfig:
-    batch_size: int = 64
-    estimators: List[str] = field(default_factory=lambda: [e for e in EP_ESTIMATORS if e not in HOLOMORPHIC])
-    gdu: bool = False          # also the step-by-step check of the nudged phase against BPTT (hets_ep.gdu)
+    batch_size: int = key(64)
+    estimators: List[str] = key(factory=lambda: [e for e in EP_ESTIMATORS if e not in HOLOMORPHIC])
+    gdu: bool = key(False)          # also the step-by-step check of the nudged phase against BPTT (hets_ep.gdu)
 
     def __post_init__(self):
         _count("gradcheck.batch_size", self.batch_size)
@@ -311,21 +334,21 @@ class GradcheckConfig:
 
 @dataclasses.dataclass
 class TensorBoardConfig:
-    dir: Optional[str] = None            # default: RUN_DIR/tensorboard
+    dir: Optional[str] = key(None)            # default: RUN_DIR/tensorboard
 
 
 @dataclasses.dataclass
 class MLflowConfig:
-    tracking_uri: str = "sqlite:///outputs/mlflow.db"   # any MLflow tracking URI (a server: http://…)
-    experiment: str = "hets-ep"
+    tracking_uri: str = key("sqlite:///outputs/mlflow.db")   # any MLflow tracking URI (a server: http://…)
+    experiment: str = key("hets-ep")
 
 
 @dataclasses.dataclass
 class WandbConfig:
-    project: str = "hets-ep"
-    entity: Optional[str] = None
-    mode: str = "offline"                # offline (sync later with `wandb sync`) | online | disabled
-    dir: Optional[str] = None            # default: RUN_DIR
+    project: str = key("hets-ep")
+    entity: Optional[str] = key(None)
+    mode: str = key("offline")                # offline (sync later with `wandb sync`) | online | disabled
+    dir: Optional[str] = key(None)            # default: RUN_DIR
 
     def __post_init__(self):
         _choice("logger.wandb.mode", self.mode, WANDB_MODES)
@@ -335,26 +358,26 @@ class WandbConfig:
 class LoggerConfig:
     """Experiment trackers (the ``logger`` group; none by default): see :mod:`hets_ep.loggers`."""
 
-    tensorboard: Optional[TensorBoardConfig] = None
-    mlflow: Optional[MLflowConfig] = None
-    wandb: Optional[WandbConfig] = None
+    tensorboard: Optional[TensorBoardConfig] = key(None)
+    mlflow: Optional[MLflowConfig] = key(None)
+    wandb: Optional[WandbConfig] = key(None)
 
 
 @dataclasses.dataclass
 class Config:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dt: DtConfig = field(default_factory=DtConfig)
-    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
-    ep: EPConfig = field(default_factory=EPConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
-    gradcheck: GradcheckConfig = field(default_factory=GradcheckConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
+    dataset: DatasetConfig = key(factory=DatasetConfig, evaluate=True)
+    model: ModelConfig = key(factory=ModelConfig)
+    dt: DtConfig = key(factory=DtConfig, evaluate=True)
+    dynamics: DynamicsConfig = key(factory=DynamicsConfig, evaluate=True)
+    ep: EPConfig = key(factory=EPConfig)
+    optimizer: OptimizerConfig = key(factory=OptimizerConfig)
+    train: TrainLoopConfig = key(factory=TrainLoopConfig)
+    stability: StabilityConfig = key(factory=StabilityConfig, condition=False)  # analysis thresholds
+    gradcheck: GradcheckConfig = key(factory=GradcheckConfig, condition=False)
+    logger: LoggerConfig = key(factory=LoggerConfig, condition=False)
+    seed: int = key(0, condition=False)   # the pairing axis, not a condition
     # false | true (continue from this run directory's last checkpoint) | PATH (continue that run)
-    resume: Any = False
+    resume: Any = key(False, condition=False, resume=True)
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31), got {self.seed}")
@@ -387,9 +410,6 @@ class Config:
 
 
 SCHEMA_NAME = "train_schema"
-# The config groups of conf/ (a choice each) beside the schema's sections.
-CONFIG_GROUPS = ("dataset", "model", "dt", "dynamics", "ep", "optimizer", "train", "stability", "gradcheck",
-                 "experiment", "logger")
 
 
 def register_schema() -> None:
@@ -449,6 +469,38 @@ def config_keys(node: Any = None, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{f.name}")
     return keys
+
+
+def _section_type(annotation) -> Any:
+    """The dataclass a field holds (``Optional[TensorBoardConfig]`` → ``TensorBoardConfig``), or None."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def roles(dotted: str) -> Roles:
+    """The :class:`Roles` of a dotted key (``dt.mean``): what its field declares over what its
+    sections declare. A key the schema does not hold (an older record's) takes its section's."""
+    node, given = Config, {}
+    for part in dotted.split("."):
+        found = {f.name: f for f in dataclasses.fields(node)}.get(part) if node is not None else None
+        if found is None:
+            break
+        given.update(found.metadata.get("roles", {}))
+        node = _section_type(typing.get_type_hints(node)[part])
+    return Roles(**given)
+
+
+def declared(node: Any = Config, prefix: str = "") -> dict[str, bool]:
+    """Per dotted key of the schema (every section's keys too), whether its field was declared
+    with :func:`key`."""
+    out = {}
+    hints = typing.get_type_hints(node)
+    for f in dataclasses.fields(node):
+        out[f"{prefix}{f.name}"] = "roles" in f.metadata
+        section = _section_type(hints[f.name])
+        if section is not None:
+            out.update(declared(section, f"{prefix}{f.name}."))
+    return out
 
 
 def did_you_mean(key: str) -> str:

@@ -14,7 +14,7 @@ takes ``r = 1 − e^{−dt}``, the exact solution of ``τ ds/dt = T − s`` over
 held over the step (exponential Euler), in ``(0, 1]`` for every ``dt > 0``: it never
 overshoots. Both have the same fixed points and agree to first order in dt.
 
-The **schedule** sets the update order: ``sync`` moves every layer from the old state;
+The **update order**: ``sync`` moves every layer from the old state;
 ``async`` moves the even-indexed state layers (``s_1, s_3, …``: index 0, 2, … of the state
 tuple) first, then the odd-indexed ones from their neighbours' fresh values (block
 Gauss–Seidel). Same fixed points.
@@ -30,7 +30,7 @@ exact Ornstein–Uhlenbeck transition), so slow and fast neurons see the same ph
 record, per sample, without an extra pass:
 
 * the **fixed-point residual** ``‖T(s) − s‖ / ‖s‖`` at the state before the last step (noise-free,
-  with ``T`` the synchronous step, whatever the schedule). It is zero exactly at a fixed point
+  with ``T`` the synchronous step, whatever the update order). It is zero exactly at a fixed point
   and does not depend on dt, so conditions with different dt compare on it;
 * the **step residual** ``‖s_T − s_{T−1}‖ / ‖s_T‖``, which shrinks with dt itself;
 * how often each neuron's increment ``Δs`` changed sign (an oscillation count).
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from hets_ep.config import DynamicsConfig
 
 INTEGRATORS = ("euler", "exact")
-SCHEDULES = ("sync", "async")
+UPDATE_ORDERS = ("sync", "async")
 NOISE_MODES = ("step", "sde")
 DIAGNOSTIC_WINDOW = 10
 # Increments below this are treated as zero when counting sign flips (float32 round-off).
@@ -91,7 +91,7 @@ def field(net: Network, params, drive: jax.Array, s: State, layers: Sequence[int
     """The local field ``h = −∂F_β/∂s`` of the given state layers (the others held fixed).
 
     Autodiff of the energy with respect to those layers only, so a half step of the async
-    schedule computes each layer-to-layer product once. For complex states the derivative is
+    order computes each layer-to-layer product once. For complex states the derivative is
     the holomorphic one.
     """
     def energy(part):
@@ -118,7 +118,7 @@ def _move(net: Network, s: jax.Array, h: jax.Array, rate: jax.Array) -> jax.Arra
     return jnp.clip(s + rate * h, net.act.lo, net.act.hi)
 
 
-def step(net: Network, params, drive: jax.Array, s: State, rate: State, schedule: str,
+def step(net: Network, params, drive: jax.Array, s: State, rate: State, order: str,
          beta: Optional[jax.Array] = None, y: Optional[jax.Array] = None,
          field_noise: Optional[State] = None, state_noise: Optional[State] = None) -> tuple[State, State]:
     """One step with per-neuron rates ``rate`` (:func:`rates`): ``(new state, T(s) − s)``, the
@@ -128,7 +128,7 @@ def step(net: Network, params, drive: jax.Array, s: State, rate: State, schedule
     updated state (before clipping, for energy dynamics).
     """
     every = tuple(range(len(s)))
-    groups = (every,) if schedule == "sync" else (every[0::2], every[1::2])
+    groups = (every,) if order == "sync" else (every[0::2], every[1::2])
     new, unit = list(s), [None] * len(s)
     for i, group in enumerate(groups):
         h = field(net, params, drive, tuple(new), group, beta, y)
@@ -174,7 +174,7 @@ def relax(net: Network, params, drive: jax.Array, s: State, dt: State, steps: in
       s: initial state, a tuple of ``(B, …)`` arrays (real, or complex for a complex ``beta``).
       dt: per-neuron time steps, a tuple of arrays broadcastable to one sample's layers.
       steps: number of steps T (static, ≥ 1); with ``tol``, the most steps taken.
-      dynamics: integrator, schedule and noise (static; :class:`hets_ep.config.DynamicsConfig`).
+      dynamics: integrator, update order and noise (static; :class:`hets_ep.config.DynamicsConfig`).
       beta: nudging strength (traced, so ±β share one compilation), or None.
       y: integer labels ``(B,)``, needed when ``beta`` is given.
       noise_key: the key of this phase's noise; None (or ``dynamics.noise == 0``): no noise.
@@ -190,12 +190,12 @@ def relax(net: Network, params, drive: jax.Array, s: State, dt: State, steps: in
 
     def advance(state: State, t: jax.Array) -> tuple[State, State]:
         if not noisy:
-            return step(net, params, drive, state, rate, dynamics.schedule, beta, y)
+            return step(net, params, drive, state, rate, dynamics.update_order, beta, y)
         keys = jax.random.split(jax.random.fold_in(noise_key, t), len(state))
         noise = tuple(sc * jax.random.normal(k, a.shape, sc.dtype) for k, a, sc in zip(keys, state, scales))
         if dynamics.noise_mode == "step":
-            return step(net, params, drive, state, rate, dynamics.schedule, beta, y, field_noise=noise)
-        return step(net, params, drive, state, rate, dynamics.schedule, beta, y, state_noise=noise)
+            return step(net, params, drive, state, rate, dynamics.update_order, beta, y, field_noise=noise)
+        return step(net, params, drive, state, rate, dynamics.update_order, beta, y, state_noise=noise)
 
     def plain(state: State, n: int, t0) -> State:
         def body(carry, _):
@@ -260,7 +260,7 @@ def spectral_radius(net: Network, params, drive: jax.Array, s: State, dt: State,
     rate = rates(dt, dynamics.integrator)
 
     def one_step(state: State) -> State:
-        return step(net, params, drive, state, rate, dynamics.schedule)[0]
+        return step(net, params, drive, state, rate, dynamics.update_order)[0]
 
     keys = jax.random.split(key, len(s))
     v = tuple(jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, s))

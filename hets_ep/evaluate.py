@@ -4,11 +4,13 @@ Restores the run's trained weights (without touching the run) and evaluates them
 split of its own dataset or another one with the same image shape and classes
 (``dataset=fashion_mnist``), with the run's own dynamics — or others, so that two conditions'
 dynamics compare **on the same weights**: ``dt=scalar dt.mean=0.5`` (dt redrawn from each
-seed's stream), ``dynamics.integrator=exact``, ``dynamics.schedule=async``, ``ep.T1=300``,
-``ep.tol=1e-4``, ``stability.residual_tol=1e-3``. Reports per seed: accuracy and loss, the
-fixed-point residuals and unconverged shares of the free and nudged phases, the steps each
-took, and the spectral radius of the relaxation step at the free fixed points of the probe
-batch. Prints one line per seed and writes ``RUN_DIR/evaluation-<dataset>[-<overrides>].json``.
+seed's stream), ``dynamics.integrator=exact``, ``dynamics.update_order=async``, ``ep.T1=300``,
+``ep.tol=1e-4``, ``stability.residual_tol=1e-3``. The keys it may change are those the schema
+marks (:class:`hets_ep.config.Roles`). Reports per seed: accuracy and loss, the fixed-point
+residuals and unconverged shares of the free and nudged phases, the steps each took (and
+whether a phase stopped at its step cap unconverged), and the spectral radius of the relaxation
+step at the free fixed points of the probe batch. Prints one line per seed and writes
+``RUN_DIR/evaluation-<dataset>[-<overrides>].json``.
 """
 
 from __future__ import annotations
@@ -18,37 +20,31 @@ import re
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from hets_ep import atomic, optim, record, runtime, steps
+from hets_ep import atomic, record, signals, steps, xla
+from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
-from hets_ep.config import Config, compose, validate
-from hets_ep.data import load_dataset
-from hets_ep.data.registry import cache_dir
-from hets_ep.errors import ConfigError, HetsEpError
+from hets_ep.config import Config, config_keys, roles
+from hets_ep.data.registry import cache_dir, describe
+from hets_ep.errors import HetsEpError
 from hets_ep.placement import Placement
-from hets_ep.timeconstants import sample_dt
+from hets_ep.preflight import overlay
+from hets_ep.train import spectral_k
 
-# What an evaluation may change; everything else is the run's own config.
-ALLOWED = ("dataset", "dt", "dynamics", "ep.T1", "ep.T2", "ep.tol", "ep.tol_every", "ep.beta", "ep.N",
-           "train.eval_batch_size", "stability.residual_tol", "stability.spectral_batch", "stability.spectral_iters")
+ALLOWED = sorted({k.split(".")[0] if roles(k.split(".")[0]).evaluate else k for k in config_keys()
+                  if roles(k).evaluate})
 
 
-def _overridden(saved, overrides: list[str]) -> Config:
-    cfg = OmegaConf.create(OmegaConf.to_container(saved))
-    groups_first = sorted(overrides, key=lambda o: o.partition("=")[0] not in ("dataset", "dt"))
-    for item in groups_first:
-        key, sep, value = item.partition("=")
-        if not sep or not (key in ALLOWED or key.split(".")[0] in ("dataset", "dt", "dynamics")):
-            raise ConfigError(f"{item}: evaluate changes only {', '.join(ALLOWED)} (and their KEY=VALUE)")
-        if key == "dataset":  # another dataset: its own files, all of its test split
-            cfg.dataset = {"name": value, "normalize": cfg.dataset.normalize}
-        elif key == "dt":  # another distribution: its group file over the schema's defaults
-            cfg.dt = OmegaConf.structured(compose([f"dt={value}"]).dt)
-        else:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-    cfg.resume = False
-    return validate(cfg)
+def _config(run_dir: Path, overrides: list[str]) -> tuple[Config, Config]:
+    """The run's own config and the one to evaluate with: the run's, with ``overrides`` (another
+    dataset keeps the run's normalisation unless told otherwise)."""
+    saved, trained = record.load_config(run_dir), record.saved_config(run_dir)
+    named = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    if "dataset" in named and "dataset.normalize" not in named:
+        overrides = [*overrides, f"dataset.normalize={trained.dataset.normalize}"]
+    cfg = overlay(saved, overrides, lambda key: roles(key).evaluate,
+                  f"evaluate changes only {', '.join(ALLOWED)} (and their keys)")
+    return trained, cfg
 
 
 def output_path(run_dir: Path, dataset: str, overrides: list[str]) -> Path:
@@ -57,33 +53,40 @@ def output_path(run_dir: Path, dataset: str, overrides: list[str]) -> Path:
     return run_dir / ("-".join([f"evaluation-{dataset}", *parts]) + ".json")
 
 
+def cap_note(result: dict, cfg: Config) -> str | None:
+    """What to do when a phase stopped at its step cap with samples above the residual
+    tolerance: the budget that would let it converge, or a tolerance to relax to."""
+    free = result["free_steps"] >= cfg.ep.T1 and result["unconverged"] > 0
+    nudged = result["nudged_steps"] >= cfg.ep.T2 and result["nudged_unconverged"] > 0
+    if not (free or nudged):
+        return None
+    capped = " and ".join(p for p, hit in (("free", free), ("nudged", nudged)) if hit)
+    advice = (f"raise {' and '.join(k for k, hit in (('ep.T1', free), ('ep.T2', nudged)) if hit)} (say "
+              f"{', '.join(f'{k}={4 * v}' for k, v, hit in (('ep.T1', cfg.ep.T1, free), ('ep.T2', cfg.ep.T2, nudged)) if hit)})"
+              if cfg.ep.tol is not None else
+              f"relax to a tolerance instead (ep.tol={cfg.stability.residual_tol:g} "
+              f"ep.T1={max(10 * cfg.ep.T1, 1000)} ep.T2={max(10 * cfg.ep.T2, 1000)})")
+    return (f"the {capped} phase stopped at its step cap with samples above the residual tolerance "
+            f"{cfg.stability.residual_tol:g} (unconverged free {result['unconverged']:.3f}, nudged "
+            f"{result['nudged_unconverged']:.3f}): {advice}")
+
+
 def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
     """Per seed: the last checkpoint's metrics under ``overrides`` (see the module docstring)."""
     if not (run_dir / record.CONFIG).is_file():
         raise HetsEpError(f"{run_dir}: not a run directory (no {record.CONFIG})")
-    saved = OmegaConf.load(run_dir / record.CONFIG)
-    trained, cfg = _overridden(saved, []), _overridden(saved, overrides)
-    runtime.configure_xla(cpu_devices=runtime.members_per_device(trained.train.parallel_seeds))
-    runtime.enable_compilation_cache(cache_dir())
-    d = trained.dataset
-    own = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
-    data = own
-    if cfg.dataset != trained.dataset:
-        d = cfg.dataset
-        data = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
-        if (data.input_shape, data.classes) != (own.input_shape, own.classes):
-            raise HetsEpError(f"dataset {d.name} has {data.classes} classes of {data.input_shape} images; the run "
-                              f"was trained on {own.classes} classes of {own.input_shape}")
-    net = trained.model.build(own.classes)
-    seeds = [trained.seed + i for i in range(trained.train.parallel_seeds)]
-    shapes = net.state_shapes(own.input_shape)
-    tx = optim.build(trained.optimizer, steps.member(_params_like(net, own.input_shape, seeds), 0), 1,
-                     trained.train.epochs)
-    draws = [sample_dt(s, cfg.dt, shapes) for s in seeds]
-    like = steps.init_state(net, tx, own.input_shape, seeds, [dt for dt, _ in draws], trained.stability.spike_window)
+    trained, cfg = _config(run_dir, overrides)
+    xla.configure(cpu_devices=xla.members_per_device(trained.train.parallel_seeds))
+    xla.enable_compilation_cache(cache_dir())
+    own = describe(trained.dataset.name, trained.dataset.root, trained.dataset.path)[:2]
+    other = describe(cfg.dataset.name, cfg.dataset.root, cfg.dataset.path)[:2]
+    if other != own:
+        raise HetsEpError(f"dataset {cfg.dataset.name} has {other[1]} classes of {other[0]} images; the run was "
+                          f"trained on {own[1]} classes of {own[0]}")
+    run = build_run(cfg, evaluation=True)
     checkpoints = Checkpoints(run_dir / record.CHECKPOINTS)
     try:
-        restored = checkpoints.restore_latest({"state": like}) if checkpoints.steps() else None
+        restored = checkpoints.restore_latest({"state": run.state}) if checkpoints.steps() else None
     finally:
         checkpoints.close()
     if restored is None:
@@ -91,30 +94,26 @@ def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
     tree, meta = restored
     state = steps.TrainState(*tree["state"])
     if cfg.dt != trained.dt:  # the trained weights with another dt draw
-        state = state._replace(dt=like.dt)
-    place = Placement(len(seeds), cfg.train.eval_batch_size, cfg.train.eval_batch_size)
+        state = state._replace(dt=run.state.dt)
+    place = Placement(len(run.seeds), cfg.train.eval_batch_size, cfg.train.eval_batch_size)
     state = place.members(state)
-    sums = steps.evaluate(steps.make_eval_step(net, cfg.ep, cfg.dynamics, cfg.stability.residual_tol, nudged=True),
-                          state, place.members(steps.zero_sums(len(seeds))),
-                          steps.host_batches(data.x_test, data.y_test, cfg.train.eval_batch_size, place.shared))
-    results = steps.means(sums)
-    probe = steps.make_spectral_probe(net, cfg.ep, cfg.dynamics, cfg.stability.spectral_iters)
-    radius = np.asarray(probe(state, place.shared(data.x_test[:cfg.stability.spectral_batch]))) \
+    sums = steps.evaluate(steps.make_eval_step(run.net, cfg.ep, cfg.dynamics, cfg.stability.residual_tol, nudged=True),
+                          state, place.members(steps.zero_sums(len(run.seeds))),
+                          steps.host_batches(run.data.x_test, run.data.y_test, cfg.train.eval_batch_size, place.shared))
+    probe = steps.make_spectral_probe(run.net, cfg.ep, cfg.dynamics, cfg.stability.spectral_iters)
+    radii = probe(state, place.shared(run.data.x_test[:cfg.stability.spectral_batch])) \
         if cfg.stability.spectral_iters else None
-    out = [{"seed": s, "epoch": meta["epoch"], "dataset": cfg.dataset.name, "examples": len(data.x_test),
-            "overrides": overrides, "dt": stats, **{k: v for k, v in r.items() if k not in ("finite", "loss_spikes")},
-            "spectral_radius": float(radius[k].mean()) if radius is not None else None,
-            "spectral_radius_max": float(radius[k].max()) if radius is not None else None}
-           for k, (s, r, (_, stats)) in enumerate(zip(seeds, results, draws))]
+    out = []
+    for k, (seed, means, (_, stats)) in enumerate(zip(run.seeds, steps.means(sums), run.dts)):
+        result = {name: value for name, value in means._asdict().items() if name not in ("finite", "loss_spikes")}
+        spectral = spectral_k(None if radii is None else np.asarray(radii), k)
+        out.append({"seed": seed, "epoch": meta["epoch"], "dataset": cfg.dataset.name,
+                    "examples": len(run.data.x_test), "overrides": overrides, "dt": stats, **result,
+                    "spectral_radius": spectral[0] if spectral else None,
+                    "spectral_radius_max": spectral[1] if spectral else None,
+                    "cap_note": cap_note(result, cfg)})
     atomic.write_json(output_path(run_dir, cfg.dataset.name, overrides), out)
     return out
-
-
-def _params_like(net, input_shape, seeds):
-    """Initial weights of the seeds, for shapes (the checkpoint replaces them)."""
-    from hets_ep import seeding
-
-    return steps.stack([net.init(seeding.key(s, "init"), input_shape) for s in seeds])
 
 
 def main(argv: list[str]) -> None:
@@ -123,7 +122,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help=f"optional: what to change, among {', '.join(ALLOWED)}")
     args = parser.parse_args(argv)
-    with runtime.stop.installed():
+    with signals.stop.installed():
         results = evaluate(args.run_dir, args.overrides)
     for r in results:
         radius = "–" if r["spectral_radius"] is None else f"{r['spectral_radius']:.3f}"
@@ -132,4 +131,6 @@ def main(argv: list[str]) -> None:
               f"{r['unconverged']:.3f}, {r['free_steps']:.1f} steps; nudged: residual {r['nudged_fp_residual']:.2e}, "
               f"unconverged {r['nudged_unconverged']:.3f}, {r['nudged_steps']:.1f} steps; spectral radius {radius} "
               f"({r['examples']} examples)")
+        if r["cap_note"]:
+            print(f"note: seed {r['seed']}: {r['cap_note']}")
     print(f"written to {output_path(args.run_dir, results[0]['dataset'], args.overrides)}")

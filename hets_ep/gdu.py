@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hets_ep import ep, figures
+from hets_ep import ep, plotting
 from hets_ep.dynamics import rates, step
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def increments(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phas
     beta = jnp.asarray(phases.beta, x.dtype)
 
     def one(p, s, b=None):
-        return step(net, p, net.drive(p, x), s, rate, dynamics.schedule, b, y)[0]
+        return step(net, p, net.drive(p, x), s, rate, dynamics.update_order, b, y)[0]
 
     free = ep.free_phase(net, params, drive, dt, phases, dynamics, window=1)
     head = ep.free_phase(net, params, drive, dt, dataclasses.replace(phases, T1=phases.T1 - steps), dynamics,
@@ -94,7 +94,7 @@ def increments(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phas
     pairs = jax.vmap(lambda s0, s1: ep.energy_gradient(net, params, x, y, ((1.0, s1, beta), (-1.0, s0, beta)),
                                                        -beta))
     ep_w = pairs(tuple(t[:-1] for t in states), tuple(t[1:] for t in states))
-    response = jax.jvp(lambda h: step(net, params, drive, free.state, rate, dynamics.schedule, field_noise=h)[0],
+    response = jax.jvp(lambda h: step(net, params, drive, free.state, rate, dynamics.update_order, field_noise=h)[0],
                        (tuple(jnp.zeros_like(a) for a in free.state),),
                        (tuple(jnp.ones_like(a) for a in free.state),))[1]
     ref_s = tuple(-p[None] * g for p, g in zip(response, grad_s))
@@ -140,7 +140,7 @@ def check(net: Network, params, x, y, dt, phases: EPConfig, dynamics: DynamicsCo
 
 def _plot(path: Path, name: str, ep_inc: np.ndarray, ref: np.ndarray, shown: int = 5) -> None:
     """A few elements with the largest reference: EP's increments (dashed) on BPTT's (solid)."""
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     flat_e, flat_r = ep_inc.reshape(ep_inc.shape[0], -1), ref.reshape(ref.shape[0], -1)
     chosen = np.argsort(-np.abs(flat_r).max(axis=0))[:shown]
     fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -150,4 +150,4 @@ def _plot(path: Path, name: str, ep_inc: np.ndarray, ref: np.ndarray, shown: int
         ax.plot(t, flat_r[:, j], color=colour, lw=1.5)
         ax.plot(t, flat_e[:, j], color=colour, ls="--", lw=1.5)
     ax.set(xlabel="step t of the nudged phase", ylabel="increment", title=f"{name}: ΔEP (dashed), −∇BPTT (solid)")
-    figures.save(fig, path)
+    plotting.save(fig, path)

@@ -3,15 +3,15 @@ with ``gradcheck.gdu=true`` the step-by-step check of the nudged phase (:mod:`he
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
 
-from hets_ep import atomic, ep, gdu, record, seeding
+from hets_ep import atomic, ep, gdu, record, seeding, steps
+from hets_ep.build import build_run
 from hets_ep.config import Config
-from hets_ep.data import load_dataset
 from hets_ep.models import ACTIVATIONS
-from hets_ep.timeconstants import sample_dt
 
 
 # EP's estimate equals BPTT's gradient as β → 0 with converged phases; beyond these it need not.
@@ -43,16 +43,13 @@ def gradcheck(cfg: Config, run_dir: Path) -> dict:
     runs exactly ``ep.T1`` steps). Agreement needs converged phases and a small β: the report
     includes the free phase's residuals. Prints a table and returns the report.
     """
-    data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.path, cfg.gradcheck.batch_size,
-                        cfg.dataset.normalize)
-    net = cfg.model.build(data.classes)
-    params = net.init(seeding.key(cfg.seed, "init"), data.input_shape)
-    dt, dt_stats = sample_dt(cfg.seed, cfg.dt, net.state_shapes(data.input_shape))
-    dt = tuple(map(jnp.asarray, dt))
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    run = build_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, parallel_seeds=1)))
+    net, params, dt = run.net, steps.member(run.state.params, 0), steps.member(run.state.dt, 0)
+    n = cfg.gradcheck.batch_size
+    x, y = jnp.asarray(run.data.x_train[:n]), jnp.asarray(run.data.y_train[:n])
     compare = ep.make_comparator(net, cfg.ep, cfg.dynamics, tuple(cfg.gradcheck.estimators))
     report = compare(params, x, y, dt, seeding.key(cfg.seed, "estimator"))
-    report.update(beta=cfg.ep.beta, T1=cfg.ep.T1, T2=cfg.ep.T2, N=cfg.ep.N, batch_size=len(data.x_train), dt=dt_stats)
+    report.update(beta=cfg.ep.beta, T1=cfg.ep.T1, T2=cfg.ep.T2, N=cfg.ep.N, batch_size=len(x), dt=run.dts[0][1])
     print(f"BPTT's free phase after T1={cfg.ep.T1} steps: fixed-point residual {report['free_fp_residual']:.2e}, "
           f"step residual {report['free_step_residual']:.2e} (β={cfg.ep.beta}, T2={cfg.ep.T2})")
     print(f"{'estimator':<12} {'tensor':<20} {'cosine':>8} {'norm ratio':>11}   nudged phases' residual")

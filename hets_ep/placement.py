@@ -3,7 +3,7 @@
 With several devices the member axis is sharded across them when it divides evenly (members
 are independent: no communication, the same numbers as separate runs); on accelerators the
 batch axis otherwise (the batch sums then cross devices, in another order). On a CPU split
-into devices (``train.parallel_seeds`` does it, see :func:`hets_ep.runtime.configure_xla`)
+into devices (``train.parallel_seeds`` does it, see :func:`hets_ep.xla.configure`)
 only members are sharded: XLA's CPU collectives that batch sharding needs were seen to stall.
 With one device nothing moves. The kernel is the same program either way: XLA partitions it
 from the input shardings.

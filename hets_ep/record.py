@@ -20,13 +20,15 @@ naming the version it needs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hets_ep import atomic, stability
 from hets_ep.errors import HetsEpError
@@ -34,7 +36,7 @@ from hets_ep.errors import HetsEpError
 if TYPE_CHECKING:
     from hets_ep.config import Config
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 
 CONFIG = Path(".hydra") / "config.yaml"
 METRICS = "metrics.jsonl"
@@ -44,7 +46,7 @@ CHECKPOINTS = "checkpoints"
 LEARNING_CURVE = Path("plots") / "learning_curve.png"
 LOCK = ".lock"
 GRADCHECK = "gradcheck.json"
-STOP = ".stop"   # in a sweep directory: the sweep was signalled (hets_ep.runtime.StopSignals)
+STOP = ".stop"   # in a sweep directory: the sweep was signalled (hets_ep.signals.StopSignals)
 
 
 class Status(str, enum.Enum):
@@ -141,6 +143,7 @@ class Summary:
     timings: dict[str, Any]
     versions: dict[str, str]
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)  # host, Slurm job and restarts
+    classes: Optional[int] = None  # of the dataset (chance level is 1/classes)
     error: Optional[str] = None
     version: int = RECORD_VERSION
 
@@ -183,7 +186,7 @@ def summarize(rows: list[EpochRow], status: str, seed: int, cfg: Config, classes
         late_test_acc=stability.late_mean(tests, cfg.stability.late_window),
         final_train_acc=rows[-1].train_acc if rows else None,
         stability=stability.run_statistics(rows, monitor, classes, cfg.stability, diverged_epoch),
-        dt=dt, timings=timings, versions=versions, runtime=runtime,
+        dt=dt, timings=timings, versions=versions, runtime=runtime, classes=classes,
     )
 
 
@@ -257,15 +260,36 @@ def read_rows(run_dir: Path, version: int = RECORD_VERSION) -> list[EpochRow]:
     return [_build(EpochRow, _upgrade_row(r, version) if version < RECORD_VERSION else r, path) for r in raw]
 
 
+def load_config(run_dir: Path) -> DictConfig:
+    """The run's saved config (``.hydra/config.yaml``), its renamed keys under today's names (what
+    a continued run and ``evaluate`` start from)."""
+    path = Path(run_dir) / CONFIG
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, ValueError) as err:
+        raise HetsEpError(f"{path}: unreadable ({err})") from None
+    for old, new in _RENAMED_KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if isinstance(node, DictConfig) and leaf in node:
+            value = node.pop(leaf)
+            OmegaConf.update(cfg, new, value, force_add=True)
+    if "match_mean" in cfg.get("dt", {}):  # version 2 held the mean (or nothing) with a flag
+        cfg.dt.match = "mean" if cfg.dt.pop("match_mean") else "none"
+    return cfg
+
+
+def saved_config(run_dir: Path) -> Config:
+    """The run's saved config, validated (today's defaults for keys added since)."""
+    from hets_ep.config import validate
+
+    return validate(load_config(run_dir))
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config, flattened to dotted keys (lists as tuples), with the keys
     added since it was written at the values that reproduce what it ran."""
-    path = Path(run_dir) / CONFIG
-    try:
-        flat = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    except (OSError, ValueError) as err:
-        raise HetsEpError(f"{path}: unreadable ({err})") from None
-    return _upgrade_config(flat)
+    return _upgrade_config(flatten(OmegaConf.to_container(load_config(run_dir), resolve=False)))
 
 
 def read_run(run_dir: Path) -> RunRecord:
@@ -320,35 +344,90 @@ def _upgrade_summary(raw: dict, version: int, rows: Optional[list[EpochRow]], co
                                         for f in dataclasses.fields(StabilityConfig)
                                         if f"stability.{f.name}" in config})
         old = raw.get("stability", {})
-        # Statistics the record holds keep their values (same definitions; `never_learned` needed
-        # the class count, which the record does not hold); the ones added since are computed.
-        out["stability"] = {**stability.run_statistics(rows, out["monitor"], 10, thresholds,
-                                                       old.get("diverged_epoch")), **old}
+        out["classes"] = out.get("classes") or _known_classes(config.get("dataset.name"))
+        # Statistics the record holds keep their values (same definitions); the ones added since
+        # are computed (`never_learned` needs the class count: records without one keep theirs).
+        added = stability.run_statistics(rows, out["monitor"], out["classes"] or 10, thresholds,
+                                         old.get("diverged_epoch"))
+        out["stability"] = {**added, **old}
         out["late_test_acc"] = stability.late_mean([r.test_acc for r in rows], thresholds.late_window)
     out["version"] = RECORD_VERSION
     return out
 
 
+def _known_classes(dataset: Optional[str]) -> Optional[int]:
+    from hets_ep.data.registry import SOURCES
+
+    return SOURCES[dataset].classes if dataset in SOURCES else None
+
+
+# Keys renamed since version 1: version 4 named the update order `dynamics.update_order`.
+_RENAMED_KEYS = {"dynamics.schedule": "dynamics.update_order"}
 # Keys added to the config since version 1, at the values that reproduce what older runs ran.
-_ADDED_KEYS = {"dt.match": "mean", "dt.layers": None, "dynamics.integrator": "euler", "dynamics.schedule": "sync",
+_ADDED_KEYS = {"dt.match": "mean", "dt.layers": None, "dynamics.integrator": "euler", "dynamics.update_order": "sync",
                "dynamics.noise": 0.0, "dynamics.noise_mode": "step", "dynamics.noise_eval": False, "ep.N": 4,
                "ep.tol": None, "ep.tol_every": 5}
 
 
 def _upgrade_config(flat: dict[str, Any]) -> dict[str, Any]:
-    if "dt.match_mean" in flat:  # version 2 held the mean (or nothing) with a flag
-        flat["dt.match"] = "mean" if flat.pop("dt.match_mean") else "none"
     for key, value in _ADDED_KEYS.items():
         flat.setdefault(key, value)
     return flat
 
 
-def _flatten(node, prefix: str = "") -> dict[str, Any]:
+def flatten(node, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (lists as tuples)."""
     out = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def in_use(run_dir: Path) -> Optional[int]:
+    """The process that holds ``run_dir``'s lock, if it still runs (else None: a run killed
+    without a chance to clean up leaves a stale lock)."""
+    try:
+        pid = int((Path(run_dir) / LOCK).read_text() or "0")
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # another user's process
+    except OSError:
+        return None
+    return pid
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (created exclusively, holding our pid) while a process trains there.
+
+    A second process aiming at the same directory fails at once instead of interleaving its
+    writes; a lock left by a killed process (its pid no longer running) is taken over.
+    """
+    lock = Path(run_dir) / LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid = in_use(run_dir)
+            if pid is None:
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise HetsEpError(
+                f"{run_dir} is in use by process {pid}; wait for it or choose another hydra.run.dir") from None
+    else:
+        raise HetsEpError(f"{run_dir}: cannot take the run lock {lock}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

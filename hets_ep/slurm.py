@@ -7,11 +7,11 @@ waits for each job by its result file *and* by Slurm's queue, so a job that leav
 without a result (killed, lost with its node) fails the sweep within seconds instead of being
 polled forever when ``sacct`` has no accounting to ask.
 
-What a job does when Slurm stops it (see :func:`hets_ep.cli._guarded`):
+What a job does when Slurm stops it (see :func:`hets_ep.job.guarded`):
 
 * **pre-emption or** ``scontrol requeue``: Slurm sends SIGTERM; the run checkpoints where it
   stands and the job exits *without* a result, since Slurm will restart it: the restarted job
-  recognises its own interrupted run (:func:`hets_ep.runtime.requeued`) and continues it.
+  recognises its own interrupted run (:func:`requeued`) and continues it.
   A SIGTERM that is not a requeue (``scancel``) leaves ``status: interrupted`` as the result.
 * **time limit**: submitit's warning signal (``--signal=USR2@signal_delay_s``) arrives before the
   limit; the run checkpoints, then submitit resubmits the job (up to ``max_num_timeout`` times),
@@ -21,6 +21,8 @@ What a job does when Slurm stops it (see :func:`hets_ep.cli._guarded`):
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
+from hets_ep import provenance, record
 from hets_ep.errors import HetsEpError
 
 log = logging.getLogger(__name__)
@@ -87,3 +90,34 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
     jobs = executor.map_array(launcher, *zip(*params))
     return [wait(job) for job in jobs]
+
+
+# -- a job that Slurm stops: pre-emption, requeue, time limits ----------------------------------
+
+def being_requeued() -> bool:
+    """Whether Slurm is stopping this job to requeue it (pre-emption, ``scontrol requeue``):
+    Slurm counts the restart before it signals, so its count is above the job's own."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id, "-o"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    count = re.search(r"\bRestarts=(\d+)", out)
+    return bool(count) and int(count.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def requeued(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of this very Slurm job: Slurm restarted the
+    job (a requeue after pre-emption, or submitit's resubmission at a time limit), which then
+    continues from its checkpoint without being asked to."""
+    me = provenance.job()["slurm_job"]
+    if not me:
+        return False
+    try:
+        summary = record.read_summary(run_dir)
+    except HetsEpError:
+        return False
+    return summary.runtime.get("slurm_job") == me and summary.status in (record.Status.INTERRUPTED, record.Status.RUNNING)

@@ -56,13 +56,6 @@ class Sums(NamedTuple):
     finite: jax.Array      # every loss and weight finite so far
 
 
-PER_SAMPLE = ("loss", "acc", "step_residual", "fp_residual", "unconverged", "nudged_fp_residual",
-              "nudged_unconverged", "oscillation")
-PER_BATCH = ("free_steps", "nudged_steps", "capped")
-TOTALS = ("loss_spikes", "relaxation_steps")
-MAXIMA = ("free_steps_max", "nudged_steps_max", "max_state")
-
-
 class TrainState(NamedTuple):
     """Everything a training step reads and writes, each leaf with a leading member axis."""
 
@@ -227,17 +220,45 @@ def evaluate(eval_step, state: TrainState, sums: Sums, batches: Iterable[Batch],
     return sums
 
 
-def means(sums: Sums) -> list[dict[str, float]]:
-    """Per member, the metrics: per-sample sums over the sample count, per-batch sums over the
-    batch count, totals and maxima as they are, ``finite`` as a bool."""
+class Means(NamedTuple):
+    """One member's metrics of an epoch (or an evaluation), from its :class:`Sums`
+    (:func:`means`): per-sample sums over the sample count, per-batch sums over the batch count,
+    totals and maxima as they are."""
+
+    loss: float
+    acc: float
+    step_residual: float
+    fp_residual: float
+    unconverged: float
+    nudged_fp_residual: float
+    nudged_unconverged: float
+    oscillation: float
+    free_steps: float
+    nudged_steps: float
+    capped: float
+    loss_spikes: float
+    relaxation_steps: float
+    free_steps_max: float
+    nudged_steps_max: float
+    max_state: float
+    finite: bool
+
+
+PER_SAMPLE = ("loss", "acc", "step_residual", "fp_residual", "unconverged", "nudged_fp_residual",
+              "nudged_unconverged", "oscillation")
+PER_BATCH = ("free_steps", "nudged_steps", "capped")
+
+
+def means(sums: Sums) -> list[Means]:
+    """Per member, the metrics of ``sums`` (see :class:`Means`)."""
     host = jax.device_get(sums)
     out = []
     for k in range(len(host.count)):
         samples, batches = max(float(host.count[k]), 1.0), max(float(host.batches[k]), 1.0)
-        row = {name: float(getattr(host, name)[k]) / samples for name in PER_SAMPLE}
-        row.update({name: float(getattr(host, name)[k]) / batches for name in PER_BATCH})
-        row.update({name: float(getattr(host, name)[k]) for name in (*TOTALS, *MAXIMA)})
-        out.append({**row, "finite": bool(host.finite[k])})
+        values = {name: float(getattr(host, name)[k]) for name in Means._fields if name != "finite"}
+        values.update({name: values[name] / samples for name in PER_SAMPLE})
+        values.update({name: values[name] / batches for name in PER_BATCH})
+        out.append(Means(**values, finite=bool(host.finite[k])))
     return out
 
 

@@ -28,17 +28,18 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, figures, loggers, optim, record, runtime, seeding, stability, steps
+from hets_ep import atomic, loggers, plotting, provenance, record, seeding, signals, slurm, stability, steps
+from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
-from hets_ep.data import augment, load_dataset, train_batches, validation_split
+from hets_ep.data import augment, train_batches
 from hets_ep.errors import ConfigError
 from hets_ep.gradcheck import gradient_probe
 from hets_ep.placement import Placement
 from hets_ep.record import Status
-from hets_ep.runtime import RunInterrupted
+from hets_ep.signals import RunInterrupted
 from hets_ep.steps import Batch
-from hets_ep.timeconstants import permute, sample_dt
+from hets_ep.timeconstants import permute
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +73,15 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, name: str = ""):
         self.cfg, self.dir, self.name = cfg, Path(run_dir), name
+        run = build_run(cfg)
+        self.data, self.net, self.steps_per_epoch = run.data, run.net, run.steps_per_epoch
+        self.rates, self.tx, self.schedule = run.rates, run.tx, run.schedule
+        dirs = [self.dir] if len(run.seeds) == 1 else [self.dir / f"seed_{s}" for s in run.seeds]
+        self.members = [Member(s, dr, tr, va, dt, stats)
+                        for s, dr, (tr, va), (dt, stats) in zip(run.seeds, dirs, run.splits, run.dts)]
+        self.place = Placement(len(run.seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
+        self.state = self.place.members(run.state)
         d = cfg.dataset
-        self.data = load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
-        seeds = [cfg.seed + i for i in range(cfg.train.parallel_seeds)]
-        splits = [validation_split(len(self.data.x_train), d.val_size, s) for s in seeds]
-        self.steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
-        if self.steps_per_epoch == 0:
-            held = f" after dataset.val_size={d.val_size}" if d.val_size else ""
-            subset = f" (dataset.subset={d.subset})" if d.subset else ""
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(splits[0][0])} training "
-                              f"examples{subset}{held}")
-        self.net = cfg.model.build(self.data.classes)
-        shapes = self.net.state_shapes(self.data.input_shape)
-        dirs = [self.dir] if len(seeds) == 1 else [self.dir / f"seed_{s}" for s in seeds]
-        self.members = [Member(s, dr, tr, va, *sample_dt(s, cfg.dt, shapes))
-                        for s, dr, (tr, va) in zip(seeds, dirs, splits)]
-        self.place = Placement(len(seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
-        first = self.net.init(seeding.key(seeds[0], "init"), self.data.input_shape)
-        self.rates = optim.layer_rates(cfg.optimizer, first)
-        self.tx = optim.build(cfg.optimizer, first, self.steps_per_epoch, cfg.train.epochs)
-        self.schedule = optim.schedule(cfg.optimizer, self.steps_per_epoch, cfg.train.epochs)
-        self.state = self.place.members(steps.init_state(self.net, self.tx, self.data.input_shape, seeds,
-                                                         [m.dt for m in self.members], cfg.stability.spike_window))
         redraw = functools.partial(permute, per=cfg.dt.per) if cfg.dt.redraw == "batch" else None
         tol = cfg.stability.residual_tol
         self.train_step = steps.make_train_step(self.net, cfg.ep, cfg.dynamics, self.tx, cfg.stability, redraw)
@@ -143,11 +131,11 @@ class Trainer:
                        "mean_epoch_s": stability.mean_or_none([r.epoch_time_s for r in member.rows]),
                        "samples_per_s": stability.mean_or_none([r.samples_per_s for r in member.rows])}
             summaries.append(record.summarize(member.rows, own, member.seed, self.cfg, self.data.classes,
-                                              dt=member.dt_stats, timings=timings, versions=runtime.versions(),
-                                              runtime=runtime.job(), diverged_epoch=member.diverged_epoch))
+                                              dt=member.dt_stats, timings=timings, versions=provenance.versions(),
+                                              runtime=provenance.job(), diverged_epoch=member.diverged_epoch))
             record.write_summary(member.dir, summaries[-1])
             if own != Status.RUNNING and member.rows:
-                figures.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
+                plotting.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
         return summaries
 
     def _finish(self, summaries: list[record.Summary]) -> list[record.Summary]:
@@ -172,12 +160,12 @@ class Trainer:
         the whole call, so the final writes also complete before the process reacts to them."""
         cfg = self.cfg
         loggers.check_available(cfg.logger)
-        with runtime.stop.installed():
+        with signals.stop.installed():
             self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
-            resume = cfg.resume or runtime.requeued(self.dir)
+            resume = cfg.resume or slurm.requeued(self.dir)
             if resume and not cfg.resume:
                 log.info("Slurm restarted job %s (restart %d): continuing its run from the last checkpoint",
-                         runtime.job()["slurm_job"], runtime.job()["restarts"])
+                         provenance.job()["slurm_job"], provenance.job()["restarts"])
             if resume:
                 if not self.restore():
                     log.warning("resume: no checkpoint in %s; starting from scratch", self.dir / record.CHECKPOINTS)
@@ -238,16 +226,16 @@ class Trainer:
         self.state = self.train_step(self.state, Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx])))
         self.batch += 1
 
-    def _mark_unhealthy(self, stats: list[dict], epoch: int) -> None:
+    def _mark_unhealthy(self, stats: list[steps.Means], epoch: int) -> None:
         for k in self.active:
             s = stats[k]
-            if not (s["finite"] and np.isfinite(s["loss"]) and s["max_state"] <= self.cfg.train.explode_threshold):
+            if not (s.finite and np.isfinite(s.loss) and s.max_state <= self.cfg.train.explode_threshold):
                 member = self.members[k]
                 member.status, member.diverged_epoch = Status.DIVERGED, epoch
-                log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch, s["loss"],
-                            s["max_state"])
+                log.warning("seed %d diverged in epoch %d (loss %s, max |s| %.3g)", member.seed, epoch, s.loss,
+                            s.max_state)
 
-    def _end_epoch(self, train: list[dict], val: list[dict] | None, test: list[dict] | None,
+    def _end_epoch(self, train: list[steps.Means], val: list[steps.Means] | None, test: list[steps.Means] | None,
                    spectral: np.ndarray | None, train_time: float, epoch_time: float) -> None:
         cfg = self.cfg
         step = (self.epoch + 1) * self.steps_per_epoch
@@ -256,23 +244,11 @@ class Trainer:
         for k in self.active:
             member, tr, te, va = self.members[k], train[k], test[k], val[k] if val else None
             watched = [getattr(r, f"{cfg.monitor}_acc") for r in member.rows] + [(va if cfg.monitor == "val" else
-                                                                                  te)["acc"]]
-            row = record.EpochRow(
-                epoch=self.epoch + 1,
-                **{f"train_{n}": tr[n] for n in ("loss", "acc", "fp_residual", "unconverged", "step_residual",
-                                                  "free_steps", "free_steps_max", "relaxation_steps")},
-                **{f"test_{n}": te[n] for n in ("loss", "acc", "fp_residual", "unconverged", "step_residual",
-                                                 "oscillation", "free_steps")},
-                **({f"val_{n}": va[n] for n in ("loss", "acc")} if va else {}),
-                **({f"train_{n}": tr[n] for n in ("nudged_fp_residual", "nudged_unconverged", "nudged_steps",
-                                                   "nudged_steps_max")} if nudged else {}),
-                train_capped=tr["capped"] if tol else None, train_loss_spikes=int(tr["loss_spikes"]),
-                spectral_radius=float(spectral[k].mean()) if spectral is not None else None,
-                spectral_radius_max=float(spectral[k].max()) if spectral is not None else None,
-                max_state=max(tr["max_state"], te["max_state"]), lr=lrs, epoch_time_s=epoch_time,
-                samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
-                **stability.epoch_monitors(watched, cfg.stability.collapse_drop),
-            )
+                                                                                  te).acc]
+            row = epoch_row(self.epoch + 1, tr, te, va, nudged=nudged, tol=tol, spectral=spectral_k(spectral, k),
+                            lr=lrs, epoch_time_s=epoch_time,
+                            samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
+                            monitors=stability.epoch_monitors(watched, cfg.stability.collapse_drop))
             if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
                 row = dataclasses.replace(row, **self.probe(steps.member(self.state, k)))
             member.rows.append(row)
@@ -293,7 +269,7 @@ class Trainer:
         """On SIGINT/SIGTERM: checkpoint where the run stands, write ``status: interrupted`` and
         raise :class:`RunInterrupted`. Between evaluation batches the checkpoint holds the
         finished training of the epoch, so a resumed run evaluates it again, exactly."""
-        signum = runtime.stop.received
+        signum = signals.stop.received
         if signum is None:
             return
         self.elapsed += time.perf_counter() - start
@@ -307,10 +283,39 @@ class Trainer:
 def train(cfg: Config, run_dir: Path, name: str = "") -> list[record.Summary]:
     """Train one configuration into ``run_dir``; returns the summary of each seed. ``name``
     prefixes its log lines (a sweep's job names its condition)."""
-    with runtime.run_lock(run_dir):
+    with record.run_lock(run_dir):
         trainer = Trainer(cfg, run_dir, name)
         try:
             return trainer.fit()
         finally:
             if trainer.checkpoints is not None:
                 trainer.checkpoints.close()
+
+
+def spectral_k(radii: np.ndarray | None, k: int) -> tuple[float, float] | None:
+    """Member ``k``'s spectral radius over the probe batch: ``(mean, max)``."""
+    return None if radii is None else (float(radii[k].mean()), float(radii[k].max()))
+
+
+def epoch_row(epoch: int, train: steps.Means, test: steps.Means, val: steps.Means | None, *, nudged: bool, tol: bool,
+              spectral: tuple[float, float] | None, lr: list[float], epoch_time_s: float, samples_per_s: float,
+              monitors: dict) -> record.EpochRow:
+    """The one mapping from an epoch's measured :class:`~hets_ep.steps.Means` to its
+    :class:`~hets_ep.record.EpochRow` (``nudged``: an EP estimator, whose nudged phases have
+    statistics; ``tol``: relaxation to a tolerance, which can stop at its cap)."""
+    return record.EpochRow(
+        epoch=epoch, train_loss=train.loss, train_acc=train.acc, train_fp_residual=train.fp_residual,
+        train_unconverged=train.unconverged, train_step_residual=train.step_residual,
+        train_free_steps=train.free_steps, train_free_steps_max=train.free_steps_max,
+        train_relaxation_steps=train.relaxation_steps,
+        test_loss=test.loss, test_acc=test.acc, test_fp_residual=test.fp_residual, test_unconverged=test.unconverged,
+        test_step_residual=test.step_residual, test_oscillation=test.oscillation, test_free_steps=test.free_steps,
+        val_loss=val.loss if val else None, val_acc=val.acc if val else None,
+        train_nudged_fp_residual=train.nudged_fp_residual if nudged else None,
+        train_nudged_unconverged=train.nudged_unconverged if nudged else None,
+        train_nudged_steps=train.nudged_steps if nudged else None,
+        train_nudged_steps_max=train.nudged_steps_max if nudged else None,
+        train_capped=train.capped if tol else None, train_loss_spikes=int(train.loss_spikes),
+        spectral_radius=spectral[0] if spectral else None, spectral_radius_max=spectral[1] if spectral else None,
+        max_state=max(train.max_state, test.max_state), lr=lr, epoch_time_s=epoch_time_s,
+        samples_per_s=samples_per_s, **monitors)

@@ -45,7 +45,7 @@ H() {  # estimators under state noise (the holomorphic-EP setting, reduced)
 }
 S() {  # update order at convergence (the sync runs are block T's symmetric ep.tol runs)
   sweep "$out/S/async" experiment=study3_convergence "seed=$(seeds 0 5)" ep=symmetric dt=scalar,lognormal \
-    "${tol[@]}" dynamics.schedule=async
+    "${tol[@]}" dynamics.update_order=async
 }
 D() {  # depth (Study 2's cut block)
   sweep "$out/D" experiment=study2_depth "seed=$(seeds 0 7)" ep=one_sided,symmetric dt=scalar,lognormal
@@ -79,7 +79,7 @@ report() {
       --match ep.estimator,dt.dist,dynamics.integrator --family "H2: with noise − without, per estimator"
   fi
   if [ -d "$out/S" ]; then
-    "${r[@]}" "$out/S" "$out/T/tol" --out "$docs/S" --baseline dynamics.schedule=sync --match dt.dist \
+    "${r[@]}" "$out/S" "$out/T/tol" --out "$docs/S" --baseline dynamics.update_order=sync --match dt.dist \
       --family "S: async − sync at convergence, per dt"
   fi
   if [ -d "$out/D" ]; then

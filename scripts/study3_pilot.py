@@ -47,7 +47,7 @@ BLOCKS = {
                                           "dynamics.integrator=exact"]),
           ("scalar dt 1, Euler (published)", ["experiment=study3_noise", "dt=scalar"])],
     "S": [(f"{dt} {schedule}", ["experiment=study3_convergence", *DT[dt], "ep.tol=1e-3", "ep.T1=800", "ep.T2=300",
-                                f"dynamics.schedule={schedule}"])
+                                f"dynamics.update_order={schedule}"])
           for dt in ("scalar", "lognormal") for schedule in ("sync", "async")],
 }
 

@@ -33,10 +33,10 @@ os.environ.setdefault("HETS_EP_CACHE", tempfile.mkdtemp(prefix="hets-ep-test-cac
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache():
-    from hets_ep import runtime
+    from hets_ep import xla
     from hets_ep.data.registry import cache_dir
 
-    runtime.enable_compilation_cache(cache_dir())
+    xla.enable_compilation_cache(cache_dir())
 
 
 @pytest.fixture(scope="session")

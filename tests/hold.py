@@ -21,11 +21,11 @@ from hydra.experimental.callback import Callback
 
 
 def _wait_for_a_stop(marker: str) -> None:
-    from hets_ep import runtime
+    from hets_ep import signals
 
     Path(marker).write_text("holding")
     deadline = time.time() + 600
-    while runtime.stop.received is None and time.time() < deadline:
+    while signals.stop.received is None and time.time() < deadline:
         time.sleep(0.01)
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT, TINY, hets_ep, metrics_without_timing
-from hets_ep import cli, record
+from hets_ep import cli, preflight, record
 
 
 def _fails(capsys, *args: str) -> str:
@@ -90,7 +90,7 @@ def test_a_missing_tracker_library_is_refused_before_a_folder_is_made(tmp_path, 
 
 
 def test_sweeps_are_checked_over_every_combination_before_any_job(tmp_path, capsys):
-    cli.precheck(cli.parse("train", ["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.5"]))  # all valid
+    preflight.precheck(preflight.parse("train", ["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.5"]))  # all valid
     assert "dt.cv: must be a finite number in [0, inf], got -1" in _fails(
         capsys, "train", "-m", *TINY, "dt=uniform,gamma", "dt.cv=0.25,-1")
     assert "dt.mean: must be a finite number in [0.01, 1], got 7.0" in _fails(
@@ -186,7 +186,7 @@ def test_a_folder_where_a_run_failed_before_training_is_reusable(tmp_path):
 
 
 def test_slurm_off_a_cluster_is_one_line(capsys, monkeypatch):
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
     assert "submits to Slurm, but sbatch is not on this machine's PATH" in _fails(
         capsys, "train", "-m", *TINY, "hydra/launcher=slurm", "seed=0,1")
 
@@ -224,8 +224,8 @@ def test_the_checks_before_a_run_leave_jax_unstarted():
     starts JAX: the command line's checks (shapes, the dt sampler) must not start it first."""
     import subprocess
 
-    code = ("from jax._src import xla_bridge; from hets_ep import cli; "
-            "cli.precheck(cli.parse('train', ['dt=lognormal', 'dt.cv=0.5', 'train.parallel_seeds=2'])); "
+    code = ("from jax._src import xla_bridge; from hets_ep import preflight; "
+            "preflight.precheck(preflight.parse('train', ['dt=lognormal', 'dt.cv=0.5', 'train.parallel_seeds=2'])); "
             "print(xla_bridge.backends_are_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

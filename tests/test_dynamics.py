@@ -29,7 +29,7 @@ def _decoupled(params):
     return {"params": {**inner, "layers_1": {**inner["layers_1"], "kernel": jnp.zeros_like(inner["layers_1"]["kernel"])}}}
 
 
-@pytest.mark.parametrize("dynamics", [SYNC, DynamicsConfig(integrator="exact"), DynamicsConfig(schedule="async")],
+@pytest.mark.parametrize("dynamics", [SYNC, DynamicsConfig(integrator="exact"), DynamicsConfig(update_order="async")],
                          ids=["euler", "exact", "async"])
 def test_fixed_point_does_not_depend_on_dt_integrator_or_order(batch, dynamics):
     x, _ = batch
@@ -189,7 +189,7 @@ def test_async_updates_reach_the_same_fixed_points_on_trained_weights(tmp_path, 
     drive = trainer.net.drive(params, x)
     phases = EPConfig(T1=800)
     sync = ep.free_phase(trainer.net, params, drive, dt, phases, SYNC)
-    fast = ep.free_phase(trainer.net, params, drive, dt, phases, DynamicsConfig(schedule="async"))
+    fast = ep.free_phase(trainer.net, params, drive, dt, phases, DynamicsConfig(update_order="async"))
     assert float(jnp.max(fast.fp_residual)) <= 1e-5
     for a, b in zip(sync.state, fast.state):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -92,7 +92,7 @@ def test_holomorphic_ep_under_noise_and_async_updates_runs(batch):
                             activation="steep_sigmoid")
     est = ep.ep_estimate(net, params, jnp.asarray(x), jnp.asarray(y), dt, EPConfig("holomorphic", beta=0.2, N=6,
                                                                                    T1=40, T2=20),
-                         DynamicsConfig(schedule="async", noise=0.02), noise_key=jax.random.key(0))
+                         DynamicsConfig(update_order="async", noise=0.02), noise_key=jax.random.key(0))
     assert all(bool(jnp.all(jnp.isfinite(g))) and g.dtype == jnp.float32 for g in jax.tree.leaves(est.grads))
     assert int(est.relaxation_steps) == 40 + 4 * 20  # N = 6: k = 0 … 3 simulated
 
@@ -102,7 +102,7 @@ def test_bptt_through_the_async_schedule_still_matches_ep(batch):
     net, params, dt = setup(x.shape[1:], DtConfig("lognormal", 0.5, cv=0.5), hidden=(64,),
                             activation="steep_sigmoid")
     report = _compare(net, params, x, y, dt, EPConfig("symmetric", beta=0.05, T1=200, T2=120), ("symmetric",),
-                      DynamicsConfig(schedule="async"))
+                      DynamicsConfig(update_order="async"))
     assert _min_cosine(report, "symmetric") >= 0.99
 
 

@@ -61,7 +61,7 @@ def test_one_seed_on_a_split_cpu_is_not_sharded(separate, tmp_path):
     _assert_same_run(tmp_path / record.METRICS, separate(4) / record.METRICS)
 
 
-MODERN = (*TINY, "dataset.subset=1000", "dt=lognormal", "dynamics.schedule=async", "dynamics.noise=0.02",
+MODERN = (*TINY, "dataset.subset=1000", "dt=lognormal", "dynamics.update_order=async", "dynamics.noise=0.02",
           "ep.tol=1e-3", "ep.T1=100", "ep.T2=30", "dynamics.integrator=exact")
 
 

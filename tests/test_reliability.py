@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY, hets_ep, metrics_without_timing, train_here
-from hets_ep import cli, record
+from hets_ep import cli, preflight, record
+from hets_ep.errors import ConfigError
 from hets_ep.data import train_batches
 from hets_ep.errors import HetsEpError
 
@@ -79,10 +80,9 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
 
 
 def test_nearly_full_disk_fails_before_training(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "MIN_FREE_BYTES", 2**70)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.check_output_dir(cli.parse("train", []), tmp_path / "run")
-    assert exit_info.value.code == 2 and "MiB free under" in capsys.readouterr().err
+    monkeypatch.setattr(preflight, "MIN_FREE_BYTES", 2**70)
+    with pytest.raises(ConfigError, match="MiB free under"):
+        preflight.check_output_dir(tmp_path / "run", resume=False, sweep=False)
 
 
 def test_a_sweep_into_a_used_sweep_directory_is_refused(tmp_path, capsys):

@@ -11,7 +11,9 @@ import pytest
 
 from hets_ep import record
 from hets_ep.errors import HetsEpError
-from hets_ep.runtime import StopSignals, run_lock, versions
+from hets_ep.provenance import versions
+from hets_ep.record import run_lock
+from hets_ep.signals import StopSignals
 
 
 def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):

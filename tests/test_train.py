@@ -15,7 +15,7 @@ import pytest
 from conftest import MNIST_ROOT, TINY, assert_close_trees, train_here
 from hets_ep import record
 from hets_ep.config import compose
-from hets_ep.runtime import RunInterrupted
+from hets_ep.signals import RunInterrupted
 from hets_ep.train import Trainer, train
 
 
@@ -67,7 +67,7 @@ def test_gradient_cosine_probe_each_epoch(tmp_path):
     assert all(0.9 < r.gradcheck_min_cosine <= r.gradcheck_mean_cosine <= 1.0 + 1e-9 for r in rows), rows
 
 
-MODERN = ("ep=holomorphic", "model.activation=steep_sigmoid", "dynamics.noise=0.02", "dynamics.schedule=async",
+MODERN = ("ep=holomorphic", "model.activation=steep_sigmoid", "dynamics.noise=0.02", "dynamics.update_order=async",
           "dynamics.integrator=exact", "dt=lognormal", "ep.tol=1e-3", "ep.T1=60", "ep.T2=20")
 
 
@@ -132,10 +132,10 @@ def test_sigterm_during_evaluation_checkpoints_and_resume_is_exact(tmp_path, cap
 
 
 def test_a_signal_before_the_first_batch_still_leaves_a_resumable_run(tmp_path):
-    from hets_ep import runtime
+    from hets_ep import signals
 
-    with runtime.stop.installed():
-        runtime.stop.received = signal.SIGINT
+    with signals.stop.installed():
+        signals.stop.received = signal.SIGINT
         with pytest.raises(RunInterrupted) as stopped:
             train_here(tmp_path, "train.epochs=1")
     assert stopped.value.exit_code == 130

@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from hets_ep import figures, record
+from hets_ep import plotting, record
 from hets_ep.record import FINISHED
 from hets_ep.report import inference
 from hets_ep.report.runs import POINTS, fmt
@@ -54,7 +54,7 @@ def _facet(cond: Condition) -> str:
 
 
 def _panels(n: int, width: float = 3.2, height: float = 2.6, max_cols: int = 6):
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 2.5, height * rows), squeeze=False,
@@ -108,7 +108,7 @@ def learning_curves(out: Path, analysis: Analysis) -> str:
                fontsize=7, frameon=False)
     fig.suptitle("test accuracy, mean and 95% band over seeds", fontsize=9)
     fig.tight_layout()
-    figures.save(fig, out / "learning_curves.png")
+    plotting.save(fig, out / "learning_curves.png")
     return "learning_curves.png"
 
 
@@ -117,7 +117,7 @@ def paired_differences(out: Path, analysis: Analysis) -> Optional[str]:
              if p.baseline is not None and r["pairs"]]
     if not comps:
         return None
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(comps) + 1.4))
     from hets_ep.report.runs import paired
 
@@ -139,14 +139,14 @@ def paired_differences(out: Path, analysis: Analysis) -> Optional[str]:
                   "), per seed; mean and 95% bootstrap CI; * Holm-significant", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    figures.save(fig, out / "paired_differences.png")
+    plotting.save(fig, out / "paired_differences.png")
     return "paired_differences.png"
 
 
 def _heatmaps(out: Path, name: str, title: str, panels: dict[str, dict[tuple[str, str], tuple[float, str]]],
               row: str, col: str, centre_zero: bool, colour_label: str) -> str:
     """One heatmap per panel, one colour scale for all (centred at zero when asked)."""
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     from matplotlib.colors import Normalize, TwoSlopeNorm
 
     number = lambda s: (0, float(s), s) if s.replace(".", "", 1).replace("-", "", 1).isdigit() else (1, 0, s)  # noqa: E731
@@ -179,7 +179,7 @@ def _heatmaps(out: Path, name: str, title: str, panels: dict[str, dict[tuple[str
     if image is not None:
         fig.colorbar(image, ax=[a for a in axes if a.get_visible()], shrink=0.8, label=colour_label)
     fig.suptitle(title, fontsize=9)
-    figures.save(fig, out / name)
+    plotting.save(fig, out / name)
     return name
 
 
@@ -243,7 +243,7 @@ def dt_histograms(out: Path, analysis: Analysis) -> Optional[str]:
             ax.legend(fontsize=6, frameon=False)
     axes[0].set_ylabel("density over neurons (first seed)", fontsize=8)
     fig.tight_layout()
-    figures.save(fig, out / "dt_histograms.png")
+    plotting.save(fig, out / "dt_histograms.png")
     return "dt_histograms.png"
 
 
@@ -251,7 +251,7 @@ def equivalent_step(out: Path, analysis: Analysis) -> Optional[str]:
     eq = analysis.equivalent
     if eq is None or not len(eq):
         return None
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     key = eq["key"].iloc[0]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     scalar = [c for c in analysis.conditions if _dist(c) == "scalar" and key in c.values]
@@ -275,7 +275,7 @@ def equivalent_step(out: Path, analysis: Analysis) -> Optional[str]:
             ax.plot([r["own"]], [r["metric_mean"]], "x", color=colour, label=f"{r['condition']}: {r['position']}")
     _label(ax, f"scalar {key}", f"{analysis.metric} (%)",
            "equivalent scalar step: where each condition meets the scalar curve (95% CI)")
-    figures.save(fig, out / "equivalent_step.png")
+    plotting.save(fig, out / "equivalent_step.png")
     return "equivalent_step.png"
 
 
@@ -283,7 +283,7 @@ def convergence(out: Path, analysis: Analysis) -> Optional[str]:
     conds = [c for c in analysis.conditions if c.finished["test_unconverged"].notna().any()]
     if not conds:
         return None
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.36 * len(conds) + 1.4))
     for i, cond in enumerate(conds):
         for column, marker, offset in (("test_unconverged", "o", -0.12), ("nudged_unconverged", "^", 0.12)):
@@ -298,7 +298,7 @@ def convergence(out: Path, analysis: Analysis) -> Optional[str]:
                   "o free phase (test), ^ nudged phase (training)", fontsize=7)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    figures.save(fig, out / "convergence.png")
+    plotting.save(fig, out / "convergence.png")
     return "convergence.png"
 
 
@@ -306,7 +306,7 @@ def compute(out: Path, analysis: Analysis) -> Optional[str]:
     conds = [c for c in analysis.conditions if c.finished["relaxation_steps"].notna().any()]
     if not conds:
         return None
-    plt = figures.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     styles = iter(["o", "s", "^", "D", "v", "P", "X", "*"] * 8)
     for cond in conds:
@@ -319,7 +319,7 @@ def compute(out: Path, analysis: Analysis) -> Optional[str]:
     ax.set_xscale("log")
     _label(ax, "relaxation steps per run (every phase of every training batch; bars: range over seeds)",
            f"{analysis.metric} ({'%' if analysis.metric in POINTS else ''})", "accuracy against compute")
-    figures.save(fig, out / "compute.png")
+    plotting.save(fig, out / "compute.png")
     return "compute.png"
 
 

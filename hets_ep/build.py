@@ -1,0 +1,68 @@
+"""One way to build a run from its config: :func:`build_run` (the flax examples'
+``create_train_state``), used by training, ``evaluate``, ``gradcheck`` and the benchmark.
+
+A run of ``train.parallel_seeds = K`` seeds ``seed … seed+K−1`` holds, per seed, its split of
+the training set (training and validation indices) and its dt draw; and for all seeds the
+network, the optimizer and the initial :class:`hets_ep.steps.TrainState` (one member each).
+Building writes nothing and leaves the arrays on the default device (placement is the caller's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import optax
+
+from hets_ep import optim, seeding, steps
+from hets_ep.config import Config
+from hets_ep.data import Dataset, load_dataset, validation_split
+from hets_ep.errors import ConfigError
+from hets_ep.models import Network
+from hets_ep.models.network import State
+from hets_ep.timeconstants import sample_dt
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: Config
+    data: Dataset
+    net: Network
+    seeds: list[int]
+    splits: list[tuple[np.ndarray, np.ndarray]]   # per seed: training and validation indices
+    dts: list[tuple[State, dict]]                 # per seed: the dt draw and its statistics
+    steps_per_epoch: int
+    rates: list[float]                            # each layer's base learning rate
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule                      # the rate multiplier by step
+    state: steps.TrainState                       # initial: weights, optimizer state, dt, keys
+
+
+def check_batch(cfg: Config, train_size: int) -> None:
+    """Refuse a training batch larger than the training examples a seed has."""
+    if cfg.train.batch_size > train_size:
+        d = cfg.dataset
+        held = f" after dataset.val_size={d.val_size}" if d.val_size else ""
+        subset = f" (dataset.subset={d.subset})" if d.subset else ""
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {train_size} training examples"
+                          f"{subset}{held}")
+
+
+def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = False) -> Run:
+    """Everything a run of ``cfg`` computes with, before its first step (``data``: already
+    loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
+    so the training split need not hold a batch)."""
+    d = cfg.dataset
+    data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
+    seeds = [cfg.seed + i for i in range(cfg.train.parallel_seeds)]
+    splits = [validation_split(len(data.x_train), d.val_size, s) for s in seeds]
+    if not evaluation:
+        check_batch(cfg, len(splits[0][0]))
+    steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
+    net = cfg.model.build(data.classes)
+    dts = [sample_dt(s, cfg.dt, net.state_shapes(data.input_shape)) for s in seeds]
+    first = net.init(seeding.key(seeds[0], "init"), data.input_shape)
+    tx = optim.build(cfg.optimizer, first, steps_per_epoch, cfg.train.epochs)
+    state = steps.init_state(net, tx, data.input_shape, seeds, [dt for dt, _ in dts], cfg.stability.spike_window)
+    return Run(cfg, data, net, seeds, splits, dts, steps_per_epoch, optim.layer_rates(cfg.optimizer, first), tx,
+               optim.schedule(cfg.optimizer, steps_per_epoch, cfg.train.epochs), state)

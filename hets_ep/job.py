@@ -1,0 +1,137 @@
+"""What every job of ``hets-ep train|gradcheck`` does around its task, inside Hydra: its config
+validated (a run continued in place: its saved config), JAX set up for the machine, errors
+recorded, signals turned into a checkpoint and a resumable record.
+
+A job's error reaches the command line through one channel,
+:data:`hets_ep.signals.outcome` (a job in another process through its run record, which the
+sweep's end reads: :class:`hets_ep.callbacks.SweepEnd`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from hets_ep import atomic, provenance, record, signals, slurm, xla
+from hets_ep.config import Config, roles, validate
+from hets_ep.errors import ConfigError, HetsEpError
+from hets_ep.signals import RunInterrupted
+
+log = logging.getLogger("hets_ep")
+# The keys a sweep varies, for its jobs' log lines (set by the command line, inherited by workers).
+SWEPT = "HETS_EP_SWEPT_KEYS"
+
+
+def in_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def name() -> str:
+    """In a sweep, ``job N (its values of the swept keys)``: the log lines of jobs side by side
+    say whose they are."""
+    if not in_sweep():
+        return ""
+    hc = HydraConfig.get()
+    swept = set(os.environ.get(SWEPT, "").split())
+    values = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    return f"job {hc.job.num}" + (f" ({' '.join(values)})" if values else "")
+
+
+def log_to_file(message: str) -> None:
+    """Write ``message`` into the job's log file only (Hydra's ``train.log``), not the console,
+    where the command line prints it once."""
+    entry = logging.LogRecord("hets_ep", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(entry)
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The saved config of ``run_dir``, checked against this command's overrides; the keys a
+    continued run may change (``train.epochs``, …) are updated in the saved record too."""
+    saved = record.load_config(run_dir)
+    explicit = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+                if not k.startswith("hydra")]
+    differing = [k for k in explicit if not roles(k).resume and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
+    if differing:
+        raise ConfigError(f"resume={run_dir} continues that run with its saved config, but this command "
+                          f"changes {', '.join(differing)}; drop those overrides or start a new run")
+    changed = [k for k in set(explicit) if roles(k).resume and k != "resume"
+               and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
+    for key in changed:
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    if changed:
+        atomic.write_text(run_dir / record.CONFIG, OmegaConf.to_yaml(saved))
+    saved.resume = True
+    return saved
+
+
+def configure(cfg: DictConfig) -> tuple[Config, Path]:
+    """Validate the composed config and pick the run directory (``resume=PATH``: that run's)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if isinstance(cfg.get("resume"), str) and cfg.resume.lower() not in ("true", "false"):
+        run_dir = Path(cfg.resume)
+        cfg = _resume_from(cfg, run_dir)
+        log.info("continuing the run in %s", run_dir)
+    return validate(cfg), run_dir
+
+
+def prepare_jax(config: Config) -> None:
+    """Before JAX starts: one XLA thread per job when a sweep runs jobs side by side; the CPU
+    split into devices for parallel seeds; the compilation cache."""
+    from hets_ep.data.registry import cache_dir
+
+    hc = HydraConfig.get()
+    concurrent = hc.mode == RunMode.MULTIRUN and hc.launcher.get("n_jobs", 1) not in (None, 1)
+    xla.configure(single_thread=concurrent,
+                  cpu_devices=1 if concurrent else xla.members_per_device(config.train.parallel_seeds))
+    xla.enable_compilation_cache(cache_dir())
+
+
+def guarded(task):
+    """Each job of a run or sweep. A user-fixable problem is written into the job's
+    ``train.log`` (not the console: the command line prints it once) and into its record —
+    ``status: failed`` with the error, unless the folder holds a run — and reported through
+    :data:`hets_ep.signals.outcome`. In a sweep the other jobs go on, and the sweep's end
+    names every failure. A job of a sweep that was signalled does not start."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> None:
+        for noisy in ("jax", "absl"):  # backend probing and orbax's save log are noise to users
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if in_sweep():  # in a worker process of a parallel sweep: from its first job on
+            signals.stop.hold()
+            signals.stop.watch(Path(HydraConfig.get().sweep.dir) / record.STOP)
+        try:
+            if signals.stop.received is not None:  # stopped before this job began
+                raise RunInterrupted(signals.stop.received, run_dir, started=False)
+            task(cfg)
+        except RunInterrupted as err:
+            if err.started:
+                log.warning("%s", err)
+            else:  # a job of a stopped sweep: its log says so, the console does not repeat it per job
+                log_to_file(str(err))
+            if not in_sweep():
+                signals.outcome.report(err)
+            elif err.signum == signals.submitit_signal():  # a time limit ahead: submitit resubmits the job
+                signals.stop.previous(err.signum)(err.signum, None)
+            elif err.signum == signal.SIGTERM and slurm.being_requeued():
+                sys.exit(err.exit_code)  # no result: the sweep waits for Slurm to restart this job
+        except HetsEpError as err:
+            log_to_file(f"error: {err}")
+            if not record.holds_run(run_dir) and run_dir.is_dir():
+                record.write_summary(run_dir, record.failed(cfg.get("seed", 0), str(err),
+                                                            versions=provenance.versions(), runtime=provenance.job()))
+            if not in_sweep():
+                signals.outcome.report(err)
+
+    return wrapper

@@ -1,0 +1,389 @@
+"""The pre-flight of ``hets-ep train|gradcheck`` (and of ``evaluate``'s overrides): one parse of
+the command line, every job it names composed and checked before any work.
+
+The command line is parsed once, by Hydra's own argument parser (:func:`parse`); the overrides
+stay the strings the user typed. A sweep is split into jobs by Hydra's sweeper
+(``BasicSweeper.split_arguments``), each job composed by Hydra's compose API (once per choice of
+config groups; the key overrides applied by Hydra's config loader), then validated against the
+schema and checked where only shapes can tell (:func:`check_job`). The run or sweep directory is
+the one the composed config names (``hydra.run.dir``, its time stamp fixed here), or the run a
+``resume`` continues (:func:`resumed_run`). Hydra then runs the same parsed arguments
+(:mod:`hets_ep.cli`).
+
+Every problem ends as :class:`ConfigError` with one line that starts with the key or the
+override, and in a sweep names the job by its swept values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import difflib
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from hets_ep import record
+from hets_ep.config import Config, did_you_mean, group_options, register_schema, roles, validate
+from hets_ep.errors import ConfigError, HetsEpError
+
+MIN_FREE_BYTES = 100 * 2**20
+# Hydra's flags after which Hydra answers the command itself; nothing is checked or started.
+_ANSWERED_BY_HYDRA = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
+
+
+@dataclasses.dataclass
+class CommandLine:
+    """One parse of ``hets-ep train|gradcheck ARGS`` by Hydra's argument parser."""
+
+    command: str
+    args: argparse.Namespace      # Hydra's: overrides (as typed), multirun, cfg, help, …
+    parser: argparse.ArgumentParser
+
+    @property
+    def multirun(self) -> bool:
+        return bool(self.args.multirun)
+
+    @property
+    def answered_by_hydra(self) -> bool:
+        """Whether Hydra answers the command itself (``--help``, ``--cfg job``, …)."""
+        return any(getattr(self.args, flag, None) for flag in _ANSWERED_BY_HYDRA)
+
+    @functools.cached_property
+    def overrides(self) -> list:
+        """The overrides parsed by Hydra's grammar."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            return OverridesParser.create().parse_overrides(self.args.overrides)
+        except Exception as err:  # Hydra's grammar errors
+            raise ConfigError(one_line(err)) from None
+
+    @property
+    def swept(self) -> list[str]:
+        """The keys the command sweeps over."""
+        return [o.key_or_group for o in self.overrides if o.is_sweep_override()]
+
+    def value(self, key: str) -> Any:
+        """The value the command gives ``key`` (the last one given; None if none)."""
+        found = [o.value() for o in self.overrides if o.key_or_group == key and not o.is_sweep_override()]
+        return found[-1] if found else None
+
+    def jobs(self) -> list[list[str]]:
+        """Every job's overrides, as Hydra's sweeper splits them."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        if not self.multirun:
+            return [list(self.args.overrides)]
+        return [job for batch in BasicSweeper.split_arguments(self.overrides, None) for job in batch]
+
+    def label(self, job: Sequence[str]) -> str:
+        """A job of a sweep by its swept values (``dt.cv=5``)."""
+        swept = set(self.swept)
+        return " ".join(o for o in job if o.lstrip("+~").split("=", 1)[0] in swept)
+
+
+def parse(command: str, argv: Sequence[str]) -> CommandLine:
+    """Parse ``hets-ep train|gradcheck ARGV`` with Hydra's argument parser."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = f"hets-ep {command}"
+    return CommandLine(command, parser.parse_args(list(argv)), parser)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error, with its cause and the valid options where Hydra has them."""
+    parts = [str(err).strip().splitlines()[0]] if str(err).strip() else [type(err).__name__]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        parts.append(str(cause).strip().splitlines()[0])
+    options = getattr(err, "options", None)
+    if options:
+        parts.append("choose one of " + ", ".join(options))
+    return "; ".join(parts)
+
+
+def _explained(err: Exception) -> ConfigError:
+    """Hydra's and OmegaConf's composition errors as one line that starts with the key."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        close = difflib.get_close_matches(option, err.options, n=1, cutoff=0.6)
+        return ConfigError(f"{group}={option}: unknown option{f'; did you mean {close[0]}?' if close else ''}; "
+                           f"choose one of {', '.join(err.options)}")
+    if isinstance(err, ConfigCompositionException) and err.__cause__ is not None:
+        cause = err.__cause__
+        key = getattr(cause, "full_key", None)
+        if key and str(err).startswith("Could not override"):
+            return ConfigError(f"{key}: unknown key{did_you_mean(key)}")
+        if key:
+            return ConfigError(f"{key}: {str(cause).strip().splitlines()[0]}")
+    if isinstance(err, HetsEpError):
+        return ConfigError(str(err))
+    return ConfigError(one_line(err))
+
+
+def _is_group(key: str) -> bool:
+    return "/" in key or ("." not in key and bool(group_options(key)))
+
+
+class Composer:
+    """Hydra's compose API over ``conf/``, each choice of config groups composed once and the
+    key overrides applied to a copy by Hydra's own config loader."""
+
+    def __init__(self):
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, overrides: Sequence[str]) -> DictConfig:
+        """The config (with Hydra's own node) that ``hets-ep train OVERRIDES`` composes."""
+        from hydra import compose, initialize_config_module
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
+        if groups not in self._composed:
+            register_schema()
+            with initialize_config_module("hets_ep.conf", version_base="1.3"):
+                self._composed[groups] = compose("train", overrides=list(groups), return_hydra_config=True)
+        cfg = copy.deepcopy(self._composed[groups])
+        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not _is_group(o.key_or_group)], cfg)
+        return cfg
+
+
+def job_config(composed: DictConfig) -> Config:
+    """A composed config without Hydra's node, validated."""
+    plain = OmegaConf.to_container(composed, resolve=False)
+    plain.pop("hydra", None)
+    return validate(OmegaConf.create(plain))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the pre-flight found: every job's config and where the run or sweep writes."""
+
+    configs: list[Config]
+    directory: Path
+    resumed: Optional[Path] = None     # the run a single run continues in place (resume=…)
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)   # Hydra settings to add
+
+
+def precheck(cmd: CommandLine) -> Plan:
+    """Compose and validate every job the command line names, then what needs shapes
+    (:func:`check_job`); fix the run or sweep directory and check it can be written."""
+    compose, configs, hydra_node = Composer(), [], None
+    for job in cmd.jobs():
+        try:
+            composed = compose(job)
+            configs.append(job_config(composed))
+            check_job(configs[-1])
+        except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
+            message = str(_explained(err))
+            raise ConfigError(f"{message} (in the sweep's job {cmd.label(job)})" if cmd.swept else message) from None
+        hydra_node = hydra_node or composed.hydra
+    _check_launcher(hydra_node.runtime.choices.get("hydra/launcher"))
+    plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir))
+    if cmd.multirun:
+        plan.settings["hydra.sweep.dir"] = plan.directory
+    else:
+        plan.resumed = resumed_run(cmd, configs[0], hydra_node)
+        plan.directory = plan.resumed or plan.directory
+        plan.settings["hydra.run.dir"] = plan.directory
+        if plan.resumed is not None:  # Hydra writes no .hydra/ over the run's saved config
+            plan.settings["hydra.output_subdir"] = "null"
+    if cmd.command == "train":
+        check_output_dir(plan.directory, resume=bool(configs[0].resume), sweep=cmd.multirun)
+    return plan
+
+
+def check_job(cfg: Config) -> None:
+    """What the schema alone cannot see: the dataset's shape and size against the batch and the
+    validation split, per-layer rate lists against the model's layers, the dt sampler's
+    reachability on the model's state shapes, the trackers' libraries."""
+    from hets_ep import loggers
+    from hets_ep.build import check_batch
+    from hets_ep.optim import layer_count
+
+    d = cfg.dataset
+    input_shape, classes, n_train = _shapes((d.name, d.root, d.path))
+    n_train = min(n_train, d.subset or n_train)
+    _check(d.val_size < n_train, "dataset.val_size",
+           f"{d.val_size} leaves none of the {n_train} training examples to train on")
+    check_batch(cfg, n_train - d.val_size)
+    layers = layer_count(cfg.model)
+    _check(len(cfg.optimizer.lr) in (1, layers), "optimizer.lr",
+           f"lists {len(cfg.optimizer.lr)} rates; the model has {layers} layers: give 1 or {layers}")
+    _sample(_frozen(cfg.dt), _state_shapes(_frozen(cfg.model), input_shape, classes))
+    loggers.check_available(cfg.logger)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _frozen(section) -> tuple:
+    """A config section's values, hashable (lists as tuples), in field order."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(section))
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes(dataset: tuple) -> tuple[tuple[int, ...], int, int]:
+    from hets_ep.data.registry import describe
+
+    return describe(*dataset)
+
+
+@functools.lru_cache(maxsize=None)
+def _state_shapes(model: tuple, input_shape: tuple, classes: int) -> tuple:
+    from hets_ep.config import ModelConfig
+
+    return ModelConfig(*model).build(classes).state_shapes(input_shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _sample(dt: tuple, shapes: tuple) -> None:
+    from hets_ep.config import DtConfig
+    from hets_ep.timeconstants import check_reachable
+
+    check_reachable(DtConfig(*dt), shapes)
+
+
+def _check_launcher(launcher: Optional[str]) -> None:
+    if launcher and launcher.startswith(("slurm", "submitit_slurm")) and shutil.which("sbatch") is None:
+        raise ConfigError(f"hydra/launcher={launcher} submits to Slurm, but sbatch is not on this machine's PATH; "
+                          "run it on the cluster's login node, or drop hydra/launcher to run the sweep here")
+
+
+def check_output_dir(target: Path, resume: bool, sweep: bool) -> None:
+    """Fail before any work if the run (or sweep) directory cannot be written, is nearly full,
+    or already holds a run that this command would overwrite (without ``resume``)."""
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise ConfigError(f"cannot write run outputs under {target}: {err.strerror or err}") from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"only {free / 2**20:.0f} MiB free under {existing}; a run needs at least "
+                          f"{MIN_FREE_BYTES / 2**20:.0f} MiB")
+    if not resume and target.is_dir():
+        runs = sorted(d for d in target.iterdir() if d.is_dir()) if sweep else [target]
+        used = [d for d in runs if record.holds_run(d)]
+        if used:
+            raise ConfigError(f"{used[0]} already holds a run; pass resume=true to continue it, or choose another "
+                              "directory")
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+def comparable(cfg: Config) -> dict[str, Any]:
+    """A config's values that make its run what it is: every key but those a continued run may
+    change (:class:`hets_ep.config.Roles`), flattened."""
+    flat = record.flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return {k: v for k, v in flat.items() if not roles(k).resume}
+
+
+def differences(a: Config, b: Config) -> list[str]:
+    """The keys (but those a continued run may change) in which two configs differ."""
+    x, y = comparable(a), comparable(b)
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
+def _pattern_root(pattern: str) -> Path:
+    """The folder above every directory a ``hydra.run.dir`` pattern makes (``outputs``)."""
+    fixed = pattern.split("${", 1)[0]
+    return Path(fixed if fixed.endswith("/") or "${" not in pattern else os.path.dirname(fixed) or ".")
+
+
+def _continuable(run: Path, epochs: int) -> bool:
+    """Whether a single run can be continued: interrupted, failed, killed (running without its
+    process), or completed short of ``epochs``."""
+    try:
+        summary = json.loads((run / record.SUMMARY).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    status = summary.get("status")
+    if status == record.Status.RUNNING:
+        return not record.in_use(run)
+    return status in (record.Status.INTERRUPTED, record.Status.FAILED) or (
+        status == record.Status.COMPLETED and summary.get("epochs_completed", 0) < epochs)
+
+
+def resumed_run(cmd: CommandLine, cfg: Config, hydra_node: DictConfig) -> Optional[Path]:
+    """The run a single run continues in place: ``resume=PATH``'s, or with ``resume=true`` and
+    no ``hydra.run.dir`` the latest run of this very configuration under the run root that can
+    be continued. None when the run starts afresh (or continues the directory it was given)."""
+    resume = cfg.resume
+    if isinstance(resume, str) and resume.lower() not in ("true", "false"):
+        run = Path(resume)
+        if not (run / record.CONFIG).is_file():
+            raise ConfigError(f"resume={run}: not a run directory (no {record.CONFIG})")
+        return run
+    if resume is not True or cmd.value("hydra.run.dir") is not None:
+        return None
+    pattern = OmegaConf.to_container(hydra_node.run, resolve=False)["dir"]
+    root, sweeps = _pattern_root(pattern), _pattern_root(OmegaConf.to_container(hydra_node.sweep,
+                                                                                  resolve=False)["dir"])
+    found, others = [], []
+    for summary in sorted(root.rglob(record.SUMMARY)) if root.is_dir() else []:
+        run = summary.parent
+        if sweeps in run.parents or not (run / record.CONFIG).is_file() or not _continuable(run, cfg.train.epochs):
+            continue
+        try:
+            differ = differences(record.saved_config(run), cfg)
+        except HetsEpError:
+            continue
+        (others if differ else found).append((summary.stat().st_mtime_ns, run, differ))
+    if found:
+        return max(found)[1]
+    named = "; ".join(f"{run} (differs in {', '.join(differ[:3])}{', …' if len(differ) > 3 else ''})"
+                      for _, run, differ in sorted(others, reverse=True)[:3])
+    raise ConfigError(f"resume=true: no interrupted, failed or unfinished run of this configuration under {root}"
+                      + (f"; runs there that could be continued: {named}" if named else "")
+                      + "; drop resume to start a new run, or pass resume=RUN_DIR")
+
+
+# -- overrides on a saved config (evaluate) ----------------------------------------------------
+
+def overlay(saved: DictConfig, overrides: Sequence[str], allowed: Callable[[str], bool], what: str) -> Config:
+    """``saved`` with ``overrides`` applied as Hydra applies them — a config group's option
+    (``dt=scalar``) replaces that section with the option composed over the schema's defaults,
+    a key (``ep.T1=300``) sets its value — each checked by ``allowed(key)``; validated."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as err:
+        raise ConfigError(one_line(err)) from None
+    cfg = OmegaConf.create(OmegaConf.to_container(saved))
+    compose = Composer()
+    for override in sorted(parsed, key=lambda o: not _is_group(o.key_or_group)):  # a group's keys after it
+        key = override.key_or_group
+        if not allowed(key) or override.is_sweep_override():
+            raise ConfigError(f"{override.input_line}: {what}")
+        if _is_group(key):
+            try:
+                section = compose([override.input_line])[key]
+            except Exception as err:
+                raise _explained(err) from None
+            OmegaConf.update(cfg, key, OmegaConf.to_container(section), merge=False)
+        else:
+            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise ConfigError(f"{key}: unknown key{did_you_mean(key)}")
+            OmegaConf.update(cfg, key, override.value(), merge=False)
+    cfg.resume = False
+    return validate(cfg)
