@@ -1,3 +1,3 @@
 """hets-ep: Equilibrium Propagation with heterogeneous per-neuron time steps."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

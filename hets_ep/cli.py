@@ -17,13 +17,14 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from hets_ep import __version__, job, preflight, record, signals, xla
-from hets_ep.config import register_schema
+from hets_ep.config import describe_options, register_schema
 from hets_ep.errors import HetsEpError
 from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
 register_schema()
 OmegaConf.register_new_resolver("hets_ep_jobs", xla.parallel_jobs, replace=True)
+OmegaConf.register_new_resolver("hets_ep_options", describe_options, replace=True)
 
 USAGE = """usage: hets-ep COMMAND [ARGS]
 

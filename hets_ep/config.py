@@ -222,7 +222,7 @@ class EPConfig:
     N: int = key(4, evaluate=True)          # holomorphic: points on the circle
     T1: int = key(30, evaluate=True)        # free-phase steps (with tol: at most)
     T2: int = key(10, evaluate=True)        # nudged-phase steps (with tol: at most)
-    tol: Optional[float] = key(None, evaluate=True)  # relax each phase until every sample's fixed-point residual is ≤ tol
+    tol: Optional[float] = key(None, evaluate=True)  # relax until every sample's fixed-point residual is ≤ tol
     tol_every: int = key(5, evaluate=True)  # steps between two checks of tol
     window: int = key(DIAGNOSTIC_WINDOW, condition=False)  # last steps that the oscillation count covers
     unroll: int = key(1, condition=False)   # lax.scan unroll factor (speed only; results are unchanged)
@@ -300,8 +300,9 @@ class StabilityConfig:
     late_window: int = key(3)          # the primary metric `late`: mean test accuracy over the last k epochs
     residual_tol: float = key(1.0e-2, evaluate=True)  # a sample is unconverged if its fixed-point residual exceeds this
     target_acc: float = key(0.9)       # epochs to reach this test accuracy
-    spike_factor: float = key(3.0)     # a loss spike: a batch loss above this × the median of the last batches
-    spike_window: int = key(50)        # … of this many batches
+    spike_factor: float = key(4.0)     # a loss spike: a log batch loss this many robust SDs above the median
+    spike_floor: float = key(2.0)      # … and at least this multiple of the median loss
+    spike_window: int = key(50)        # … of the last this many batches
     spectral_batch: int = key(64, evaluate=True)  # the spectral radius of the relaxation step: on this many test images
     spectral_iters: int = key(40, evaluate=True)  # … by this many power iterations (0: not measured)
     gradcheck_every: int = key(0)      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
@@ -310,7 +311,8 @@ class StabilityConfig:
     def __post_init__(self):
         for key in ("collapse_drop", "chance_margin", "residual_tol", "target_acc"):
             _number(f"stability.{key}", getattr(self, key), low=0, strict_low=True)
-        _number("stability.spike_factor", self.spike_factor, low=1, strict_low=True)
+        _number("stability.spike_factor", self.spike_factor, low=0, strict_low=True)
+        _number("stability.spike_floor", self.spike_floor, low=1, strict_low=True)
         _count("stability.spike_window", self.spike_window)
         _count("stability.spectral_batch", self.spectral_batch)
         _count("stability.spectral_iters", self.spectral_iters, low=0)
@@ -456,6 +458,20 @@ def group_options(group: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def describe_options(group: str, width: int = 90) -> str:
+    """One line per option of a config group: its name and the start of its file's leading
+    comment (``hets-ep train --help`` shows the presets this way)."""
+    folder = resources.files("hets_ep.conf").joinpath(group)
+    lines = []
+    for name in group_options(group):
+        comment = [line.lstrip("# ").strip() for line in folder.joinpath(f"{name}.yaml").read_text().splitlines()
+                   if line.startswith("#") and not line.startswith("# @package")]
+        text = " ".join(comment)
+        short = text if len(text) <= width else text[:width].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+        lines.append(f"{name:<26} {short}")
+    return "\n".join(lines)
 
 
 def config_keys(node: Any = None, prefix: str = "") -> list[str]:

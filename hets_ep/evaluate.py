@@ -61,8 +61,8 @@ def cap_note(result: dict, cfg: Config) -> str | None:
     if not (free or nudged):
         return None
     capped = " and ".join(p for p, hit in (("free", free), ("nudged", nudged)) if hit)
-    advice = (f"raise {' and '.join(k for k, hit in (('ep.T1', free), ('ep.T2', nudged)) if hit)} (say "
-              f"{', '.join(f'{k}={4 * v}' for k, v, hit in (('ep.T1', cfg.ep.T1, free), ('ep.T2', cfg.ep.T2, nudged)) if hit)})"
+    raised = [(key, cap) for key, cap, hit in (("ep.T1", cfg.ep.T1, free), ("ep.T2", cfg.ep.T2, nudged)) if hit]
+    advice = (f"raise {' and '.join(k for k, _ in raised)} (say {', '.join(f'{k}={4 * v}' for k, v in raised)})"
               if cfg.ep.tol is not None else
               f"relax to a tolerance instead (ep.tol={cfg.stability.residual_tol:g} "
               f"ep.T1={max(10 * cfg.ep.T1, 1000)} ep.T2={max(10 * cfg.ep.T2, 1000)})")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep import record
+from hets_ep import lock, record
 from hets_ep.config import Config, did_you_mean, group_options, register_schema, roles, validate
 from hets_ep.errors import ConfigError, HetsEpError
 
@@ -318,7 +318,7 @@ def _continuable(run: Path, epochs: int) -> bool:
         return False
     status = summary.get("status")
     if status == record.Status.RUNNING:
-        return not record.in_use(run)
+        return not lock.in_use(run)
     return status in (record.Status.INTERRUPTED, record.Status.FAILED) or (
         status == record.Status.COMPLETED and summary.get("epochs_completed", 0) < epochs)
 

@@ -15,8 +15,12 @@ test) and running best ``b_t = max_{s≤t} a_s``:
 * **late** (of the test accuracy): its mean over the last ``late_window`` epochs, the report's
   primary metric; **auc**: its mean over all epochs; **late validation accuracy** likewise, for
   choosing a condition without looking at the test set.
-* **loss spikes**: training batches whose loss exceeded ``spike_factor`` × the median of the
-  previous ``spike_window`` batch losses (counted on device, per epoch; summed over the run).
+* **loss spikes**: training batches whose log loss rose above the median of the previous
+  ``spike_window`` batches' log losses by more than ``spike_factor`` robust standard deviations
+  (1.4826 × the median absolute deviation) and by at least a factor ``spike_floor`` (counted on
+  device, per epoch; summed over the run). On the log scale against the losses' own spread, a
+  run whose loss falls smoothly has none however small its loss gets (record version 4; older
+  records counted batches above 3 × the median, which counted more the better a run trained).
 * **relaxation steps**: the steps every phase of every training batch took, summed over the
   run (the compute a condition spends; with ``ep.tol`` it varies).
 * **spectral radius**: of the relaxation step's Jacobian at the free fixed point of a fixed
@@ -97,7 +101,7 @@ def run_statistics(rows: Sequence[EpochRow], monitor: str, classes: int, cfg: St
     stats.update(
         diverged_epoch=diverged_epoch,
         auc=mean_or_none([r.test_acc for r in rows]),
-        late_val_acc=late_mean([r.val_acc for r in rows if r.val_acc is not None], cfg.late_window),
+        late_val_acc=late_mean([r.val_acc for r in rows], cfg.late_window),
         loss_spikes=total_or_none([r.train_loss_spikes for r in rows]),
         relaxation_steps=total_or_none([r.train_relaxation_steps for r in rows]),
         late_spectral_radius=mean_or_none([r.spectral_radius for r in late]),
@@ -117,10 +121,11 @@ def epoch_monitors(accs: Sequence[float], drop: float) -> dict:
             "collapses_so_far": len(collapses(a, drop))}
 
 
-def late_mean(accs: Sequence[float], window: int) -> Optional[float]:
-    """The mean over the last ``window`` epochs (fewer if the run is shorter): the ``late``
-    metric, less noisy than the final epoch alone."""
-    return float(np.mean(accs[-window:])) if len(accs) else None
+def late_mean(values: Sequence[Optional[float]], window: int) -> Optional[float]:
+    """The mean over the last ``window`` epochs (fewer if the run is shorter) of the values they
+    have (None: not measured): the ``late`` metric, less noisy than the final epoch alone."""
+    kept = [v for v in values[-window:] if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:

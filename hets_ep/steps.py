@@ -134,11 +134,23 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _spike(recent: jax.Array, loss: jax.Array, step: jax.Array, factor: float) -> tuple[jax.Array, jax.Array]:
-    """``(is the batch loss a spike, the updated ring)``: a spike is a loss above ``factor`` ×
-    the median of the previous ``len(recent)`` batch losses, once that many were seen."""
+# Losses are floored here before their logarithm (an MSE batch loss can be exactly 0).
+_LOSS_FLOOR = 1e-12
+
+
+def _spike(recent: jax.Array, loss: jax.Array, step: jax.Array, factor: float,
+           floor: float) -> tuple[jax.Array, jax.Array]:
+    """``(is the batch loss a spike, the updated ring)``. On the log scale, a spike rises above
+    the median of the previous ``len(recent)`` batch losses by more than ``factor`` robust
+    standard deviations of them (1.4826 × their median absolute deviation) and by at least a
+    factor ``floor``, once that many were seen: batch-to-batch wiggles, which grow relative to
+    the loss as it falls, are not spikes."""
     window = recent.shape[0]
-    spike = (step >= window) & (loss > factor * jnp.nanmedian(recent))
+    logs = jnp.log(jnp.maximum(recent, _LOSS_FLOOR))
+    centre = jnp.nanmedian(logs)
+    spread = 1.4826 * jnp.nanmedian(jnp.abs(logs - centre))
+    rise = jnp.log(jnp.maximum(loss, _LOSS_FLOOR)) - centre
+    spike = (step >= window) & (rise > jnp.maximum(factor * spread, jnp.log(floor)))
     return spike, recent.at[step % window].set(loss)
 
 
@@ -160,7 +172,8 @@ def make_train_step(net: Network, phases: EPConfig, dynamics: DynamicsConfig, tx
         sums = _accumulate(state.sums, net, state.params, est, batch.y, jnp.ones_like(batch.y, jnp.float32),
                            stability.residual_tol)
         batch_loss = jnp.mean(net.loss_per_sample(state.params, est.free.state, batch.y))
-        spike, recent = _spike(state.recent_loss, batch_loss, state.step, stability.spike_factor)
+        spike, recent = _spike(state.recent_loss, batch_loss, state.step, stability.spike_factor,
+                               stability.spike_floor)
         updates, opt_state = tx.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         sums = sums._replace(finite=sums.finite & _all_finite(params), loss_spikes=sums.loss_spikes + spike)

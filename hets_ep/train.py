@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, loggers, plotting, provenance, record, seeding, signals, slurm, stability, steps
+from hets_ep import atomic, lock, loggers, plotting, provenance, record, seeding, signals, slurm, stability, steps
 from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
@@ -283,7 +283,7 @@ class Trainer:
 def train(cfg: Config, run_dir: Path, name: str = "") -> list[record.Summary]:
     """Train one configuration into ``run_dir``; returns the summary of each seed. ``name``
     prefixes its log lines (a sweep's job names its condition)."""
-    with record.run_lock(run_dir):
+    with lock.run_lock(run_dir):
         trainer = Trainer(cfg, run_dir, name)
         try:
             return trainer.fit()

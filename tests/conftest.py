@@ -73,9 +73,9 @@ TINY = ("train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=10
         "train.epochs=2", "train.eval_batch_size=2000", "ep.T1=15", "ep.T2=5")
 
 
-def start(*args: str, **popen) -> subprocess.Popen:
+def start(*args: str, cwd: Path | None = None, **popen) -> subprocess.Popen:
     """Start ``hets-ep ARGS`` in a subprocess (for signals), its output piped."""
-    return subprocess.Popen([sys.executable, "-m", "hets_ep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "hets_ep", *args], cwd=cwd or ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env(), **popen)
 
 
@@ -119,11 +119,14 @@ def train_here(run_dir: Path, *overrides: str):
     return train(compose([*TINY, *overrides]), run_dir)
 
 
-def metrics_without_timing(path: Path) -> list[dict]:
-    import json
+def metrics_without_timing(run_dir: Path) -> list[dict]:
+    """A run's epoch rows without the fields that time it (equal runs differ only there)."""
+    import dataclasses
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "samples_per_s")} for row in rows]
+    from hets_ep import record
+
+    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("epoch_time_s", "samples_per_s")}
+            for r in record.read_rows(run_dir)]
 
 
 def assert_close_trees(a, b, atol=0.0):

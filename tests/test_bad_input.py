@@ -36,8 +36,8 @@ ENUMS = {"dt": group_options("dt"), "ep": group_options("ep"), "optimizer": grou
          "ep.estimator": list(ESTIMATORS), "model.activation": list(ACTIVATIONS), "model.loss": list(LOSSES),
          "model.dynamics": list(DYNAMICS), "dataset.normalize": list(NORMALIZATIONS),
          "optimizer.schedule": list(SCHEDULES), "dt.sample": list(SAMPLE_MODES), "dt.per": list(DT_PER),
-         "dt.match": list(MATCHES), "dynamics.integrator": list(INTEGRATORS), "dynamics.update_order": list(UPDATE_ORDERS),
-         "dynamics.noise_mode": list(NOISE_MODES), "dynamics.noise_eval": ["true", "false"],
+         "dt.match": list(MATCHES), "dynamics.integrator": list(INTEGRATORS),
+         "dynamics.update_order": list(UPDATE_ORDERS), "dynamics.noise_mode": list(NOISE_MODES), "dynamics.noise_eval": ["true", "false"],
          "gradcheck.gdu": ["true", "false"]}
 CASES = int(os.environ.get("HETS_EP_BAD_INPUT_CASES", 220))
 # Keep runs tiny: values that would make a valid run long are left out of the strategy.

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -215,17 +213,39 @@ def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
     hets_ep(*args, f"hydra.sweep.dir={tmp_path / 'parallel'}", check=True)
     hets_ep(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'sequential'}", check=True)
     for job in range(4):
-        assert metrics_without_timing(tmp_path / "parallel" / str(job) / record.METRICS) == \
-            metrics_without_timing(tmp_path / "sequential" / str(job) / record.METRICS)
+        assert metrics_without_timing(tmp_path / "parallel" / str(job)) == \
+            metrics_without_timing(tmp_path / "sequential" / str(job))
 
 
 def test_the_checks_before_a_run_leave_jax_unstarted():
     """The CPU split for parallel seeds and the one-thread flags of sweeps are set when a job
     starts JAX: the command line's checks (shapes, the dt sampler) must not start it first."""
-    import subprocess
 
     code = ("from jax._src import xla_bridge; from hets_ep import preflight; "
             "preflight.precheck(preflight.parse('train', ['dt=lognormal', 'dt.cv=0.5', 'train.parallel_seeds=2'])); "
             "print(xla_bridge.backends_are_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_path, monkeypatch):
+    """`resume=true` without a run directory looks under the run root (outputs/) for a run of the
+    same configuration that can go on — interrupted, failed, killed, or completed short of the
+    epochs asked for — and takes the latest; otherwise it refuses, naming what differs."""
+    from conftest import train_here
+    from hets_ep.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    older, newer = Path("outputs/2026-01-01/09-00"), Path("outputs/2026-01-02/09-00")
+    for run in (older, newer):
+        train_here(tmp_path / run, "train.epochs=1")
+    train_here(tmp_path / "outputs/2026-01-03/09-00", "train.epochs=1", "dt=lognormal")
+    plan = preflight.precheck(preflight.parse("train", [*TINY, "train.epochs=2", "resume=true"]))
+    assert plan.resumed == newer and plan.settings["hydra.run.dir"] == newer
+    with pytest.raises(ConfigError, match=r"no interrupted, failed or unfinished run of this configuration under "
+                                          r"outputs; runs there that could be continued: .*09-00 \(differs in "
+                                          r"dt.cv, dt.dist, train.batch_size\)"):
+        preflight.precheck(preflight.parse("train", [*TINY, "train.epochs=2", "dt=gamma", "train.batch_size=16",
+                                                     "resume=true"]))
+    with pytest.raises(ConfigError, match="no interrupted, failed or unfinished run"):
+        preflight.precheck(preflight.parse("train", [*TINY, "train.epochs=1", "resume=true"]))  # all complete

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from hets_ep.config import (Config, DatasetConfig, DtConfig, EPConfig, ModelConfig, OptimizerConfig, compose,
-                            config_keys, did_you_mean, group_options)
+                            config_keys, declared, did_you_mean, group_options, roles)
 from hets_ep.errors import ConfigError
 
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "dt": DtConfig, "ep": EPConfig,
@@ -43,14 +43,38 @@ def test_every_logger_option_composes(option):
     assert both.tensorboard is not None and both.wandb is not None and both.mlflow is None
 
 
+def _pinned(option: str) -> dict:
+    """What an experiment preset sets, with what its parents and chosen group options set under it."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{option}.yaml"))
+    out = {}
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, str):
+            out.update(_pinned(entry))
+        else:
+            (key, choice), = entry.items()
+            group = key.replace("override /", "")
+            values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{choice}.yaml")) or {}
+            out.update({f"{group}.{k}": v for k, v in _flat(values).items()})
+    return {**out, **_flat(raw)}
+
+
 @pytest.mark.parametrize("option", group_options("experiment"))
-def test_every_experiment_preset_composes(option):
-    cfg = compose([f"experiment={option}"])
-    assert isinstance(cfg, Config)
-    if option == "ernoult2019":
-        assert (cfg.model.dynamics, cfg.model.activation, cfg.dt.mean, cfg.ep.estimator) == \
-               ("energy", "steep_sigmoid", 0.2, "one_sided")
-        assert (cfg.ep.T1, cfg.ep.T2, cfg.ep.beta, cfg.train.batch_size, cfg.optimizer.lr) == (100, 25, 1.0, 20, [0.1, 0.05])
+def test_every_experiment_preset_runs_what_it_pins(option):
+    cfg = OmegaConf.structured(compose([f"experiment={option}"]))
+    pinned = _pinned(option)
+    assert pinned, option
+    for key, value in pinned.items():
+        assert OmegaConf.select(cfg, key) == value, (option, key)
+
+
+def test_every_key_says_what_it_means():
+    """Every key (and section) is declared with hets_ep.config.key: whether it defines a condition,
+    may change on resume, may be changed by evaluate. A key added as a plain field fails here."""
+    undeclared = [k for k, ok in declared().items() if not ok]
+    assert not undeclared, f"declare these keys with hets_ep.config.key(...): {undeclared}"
+    assert not roles("seed").condition and roles("dt.mean").condition and roles("dt.mean").evaluate
+    assert roles("train.epochs").resume and not roles("train.batch_size").resume
+    assert not roles("logger.tensorboard.dir").condition and roles("stability.residual_tol").evaluate
 
 
 def _flat(node, prefix=""):

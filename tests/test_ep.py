@@ -151,13 +151,65 @@ def test_gdu_holds_step_by_step_with_a_converged_free_phase_and_fails_without(ba
     assert min(v["sign_agreement"] for v in cut["tensors"].values()) < 0.9
 
 
+def test_gdu_with_energy_dynamics_differs_exactly_where_the_clip_holds_a_neuron(batch):
+    """Energy dynamics clip the state: at a bound BPTT's derivative is zero while the nudge lifts
+    the neuron off it. The check names the share at a bound; the output neurons inside their
+    interval agree with BPTT as closely as leaky dynamics do."""
+    x, y = batch[0][:8], batch[1][:8]
+    phases = EPConfig(beta=0.01, T1=300, T2=8)
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.2), hidden=(16,), activation="steep_sigmoid",
+                            dynamics="energy")
+    found = gdu.increments(net, params, x, y, dt, phases, SYNC, 8)
+    assert found["at_bound"]["s2"] > 0.1
+    assert gdu.agreement(*found["states"]["s1"])["relative_rmse_per_step"][0] is None  # no reference yet
+    free = ep.free_phase(net, params, net.drive(params, x), dt, phases, SYNC).state[-1]
+    inside = np.asarray((free > net.act.lo) & (free < net.act.hi))
+    ep_inc, ref = found["states"]["s2"]
+    assert np.linalg.norm((ep_inc - ref)[:, inside]) < 0.02 * np.linalg.norm(ref[:, inside])
+    assert np.linalg.norm((ep_inc - ref)[:, ~inside]) > 0.1 * np.linalg.norm(ref[:, inside])
+
+
+@pytest.mark.slow
+def test_gdu_with_energy_dynamics_agrees_everywhere_without_a_state_at_a_bound_and_says_so_with(batch):
+    x, y = batch[0][:8], batch[1][:8]
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.2), hidden=(16,), activation="tanh", dynamics="energy")
+    agree = gdu.check(net, params, x, y, dt, EPConfig(beta=0.01, T1=300, T2=8), SYNC, 8)
+    assert max(v["relative_rmse"] for v in agree["tensors"].values()) < 0.02 and "note" not in agree
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.2), hidden=(16,), activation="steep_sigmoid",
+                            dynamics="energy")
+    clipped = gdu.check(net, params, x, y, dt, EPConfig(beta=0.01, T1=300, T2=8), SYNC, 8)
+    assert clipped["tensors"]["s2"]["at_bound"] > 0.1 and "clip bound" in clipped["note"]
+
+
 @pytest.mark.slow
 def test_ep_memory_does_not_grow_with_phase_length_but_bptt_does():
     """Compiled-program memory (XLA's own accounting, not a timing): EP keeps no trajectory."""
-    from hets_ep.bench import WORKLOADS, _ours
+    from hets_ep.bench.harness import Runner
+    from hets_ep.bench.workloads import WORKLOADS
 
-    spec = WORKLOADS["mlp 784-512-10 b128"]
-    memory = {(est, t1): _ours(spec, phases=EPConfig(est, beta=0.1, T1=t1, T2=10))[2]
+    workload = WORKLOADS["mlp 784-512-10 b128"]
+    memory = {(est, t1): Runner(workload, ep=EPConfig(est, beta=0.1, T1=t1, T2=10)).memory_bytes
               for est in ("one_sided", "bptt") for t1 in (30, 300)}
     assert memory[("one_sided", 30)] == memory[("one_sided", 300)]
     assert memory[("bptt", 300)] > 5 * memory[("bptt", 30)] > 5 * memory[("one_sided", 30)]
+
+
+def test_gradcheck_warns_when_beta_is_outside_the_estimators_accurate_region(batch):
+    """Refining the nudge (two more points on the circle) moves holomorphic EP's estimate at
+    |β| 0.5, where the nudged fixed point is no longer analytic on the whole circle, and hardly
+    at |β| 0.1: the check says which."""
+    from hets_ep.config import compose
+    from hets_ep.gradcheck import REFINED, _why_not_exact, refinement
+
+    x, y = batch
+    net, params, dt = setup(x.shape[1:], hidden=(64,), activation="steep_sigmoid")
+    moved = {}
+    for beta in (0.5, 0.1):
+        cfg = compose(["model.activation=steep_sigmoid", "ep.T1=200", "ep.T2=100", f"ep.beta={beta}",
+                       "gradcheck.estimators=[holomorphic]"])
+        moved[beta] = refinement(net, params, x[:16], y[:16], dt, cfg, jax.random.key(0))["holomorphic"]
+        report = {"free_fp_residual": 0.0, "nudged_fp_residual": {"holomorphic": 0.0},
+                  "refinement": {"holomorphic": moved[beta]}}
+        warned = any("outside the region where holomorphic EP is accurate" in w for w in _why_not_exact(cfg, report))
+        assert warned == (moved[beta] > REFINED)
+    assert moved[0.5] > REFINED > moved[0.1], moved

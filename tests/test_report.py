@@ -4,6 +4,7 @@ pairing rules, the equivalent step, the robustness map, figures, old records, th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -33,7 +34,8 @@ def sweep(tmp_path_factory):
     return root
 
 
-def _fake_run(path, seed: int, accs: list[float], status: str = "completed", **config):
+def _fake_run(path, seed: int, accs: list[float], status: str = "completed", steps: float = 100.0,
+              capped: float | None = None, **config):
     """A run record with a chosen test-accuracy curve (for cases with known answers), its
     summary built as the trainer builds it."""
     from omegaconf import OmegaConf
@@ -49,7 +51,8 @@ def _fake_run(path, seed: int, accs: list[float], status: str = "completed", **c
                             train_fp_residual=0.01, train_unconverged=0.1, train_step_residual=0.01,
                             test_fp_residual=0.01, test_unconverged=0.1, test_step_residual=0.01, test_oscillation=0,
                             max_state=1, lr=[0.1], epoch_time_s=1, samples_per_s=1, best_acc=max(accs[:i + 1]),
-                            drawdown=0, collapses_so_far=0, train_relaxation_steps=100.0, train_loss_spikes=0)
+                            drawdown=0, collapses_so_far=0, train_relaxation_steps=steps, train_loss_spikes=0,
+                            train_capped=capped)
             for i, a in enumerate(accs)]
     record.write_rows(path, rows)
     dt = {"mean": config.get("dt.mean", 0.5), "cv": config.get("dt.cv", 0.0)}
@@ -157,12 +160,14 @@ def test_a_version_1_run_still_loads_into_a_report(tmp_path):
     assert pd.read_csv(tmp_path / "report" / "seeds.csv")["late"].iloc[0] == pytest.approx((0.6806 + 0.7469) / 2)
 
 
-def test_report_on_an_empty_or_foreign_directory(tmp_path):
+def test_report_on_an_empty_or_foreign_directory(tmp_path, capsys):
+    from hets_ep import cli
+
     (tmp_path / "notes.txt").write_text("not a run")
-    result = hets_ep("report", str(tmp_path))
-    assert result.returncode == 2 and "no runs found under" in result.stderr
-    missing = hets_ep("report", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+    for path, message in ((tmp_path, "no runs found under"), (tmp_path / "nope", "no such file or directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["report", str(path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a 13-run sweep (CI runs it)
@@ -252,3 +257,46 @@ def test_a_baseline_is_named_as_the_command_line_writes_its_value(tmp_path):
     for text in ("dynamics.noise=0.0", "dynamics.noise=0", "dynamics.noise=0.00"):
         row = analyse([tmp_path], ReportOptions(baseline=text)).comparisons.iloc[0]
         assert row["pairs"] == 3 and row["mean_diff"] == pytest.approx(-100 * (0.01 + 0.01 / 3), abs=1e-6), text
+
+
+def test_the_report_refuses_what_these_runs_cannot_answer(tmp_path, capsys):
+    for seed in range(3):
+        _fake_run(tmp_path / f"s{seed}", seed, [0.9, 0.91, 0.92])
+        _fake_run(tmp_path / f"l{seed}", seed, [0.9, 0.9, 0.91], **{"dt.dist": "lognormal", "dt.cv": 0.5})
+    from hets_ep.errors import HetsEpError
+
+    for options, message in [
+        (ReportOptions(match=("dt.meen",)), "--match dt.meen: no run has this key; did you mean dt.mean?"),
+        (ReportOptions(equivalent="dt.mean"), "--equivalent dt.mean: does not vary between these runs (all 0.5)"),
+        (ReportOptions(select="val_late", baseline="best"), "--select val_late: no run holds out a validation split"),
+        (ReportOptions(baseline="dt.dist=scalr"), "--baseline dt.dist=scalr: no condition matches"),
+        (ReportOptions(boundary="dynamics.noize"), "--boundary dynamics.noize: no run has this key; did you mean "
+                                                  "dynamics.noise?"),
+    ]:
+        with pytest.raises(HetsEpError, match=re.escape(message)):
+            analyse([tmp_path], options)
+    from hets_ep import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", str(tmp_path), "--match", "dt.meen"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and "did you mean dt.mean?" in err
+
+
+def test_ratio_endpoints_are_tested_on_the_log_scale_and_caps_are_named(tmp_path):
+    """Relaxation steps whose per-seed ratio varies by multiples: the paired t-test on the logs,
+    the geometric-mean ratio and its interval; a condition whose phases stopped at their caps is
+    named, with the budget to try; the header states the late window and the trained rule."""
+    ratios = [1.8, 2.5, 3.1, 4.0, 7.1]
+    for seed, ratio in enumerate(ratios):
+        _fake_run(tmp_path / f"s{seed}", seed, [0.9, 0.91, 0.92], steps=1000.0 + 10 * seed, **{"ep.tol": 1e-3})
+        _fake_run(tmp_path / f"l{seed}", seed, [0.9, 0.91, 0.92], steps=ratio * (1000.0 + 10 * seed), capped=0.25,
+                  **{"dt.dist": "lognormal", "dt.cv": 0.5, "ep.tol": 1e-3})
+    analysis = analyse([tmp_path])
+    steps = analysis.secondary.set_index("endpoint").loc["relaxation_steps"]
+    assert steps["scale"] == "log" and steps["p_t"] == pytest.approx(stats.ttest_1samp(np.log(ratios), 0).pvalue)
+    assert np.exp(steps["mean_diff"]) == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    text = tables.markdown(analysis)
+    assert f"{np.exp(np.mean(np.log(ratios))):.2f}×" in text
+    assert "a phase stopped at its cap (ep.T1=30, ep.T2=10) above ep.tol=0.001 in 25.0% of training batches" in text
+    assert "`late` averages the last 3 epochs" in text and "chance + 0.8 × (1 − chance) (82.0% with 10 classes" in text

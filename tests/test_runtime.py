@@ -12,7 +12,7 @@ import pytest
 from hets_ep import record
 from hets_ep.errors import HetsEpError
 from hets_ep.provenance import versions
-from hets_ep.record import run_lock
+from hets_ep.lock import run_lock
 from hets_ep.signals import StopSignals
 
 

@@ -91,22 +91,36 @@ def test_ctrl_c_reaches_every_process_and_resume_finishes_the_sweep(tmp_path, re
             metrics_without_timing(reference / str(job) / record.METRICS), job
 
 
-def test_sigterm_to_a_run_checkpoints_mid_run_and_resume_is_exact(tmp_path):
+def test_ctrl_c_then_resume_true_continues_that_run_or_names_the_candidates(tmp_path):
+    """What the interrupt message and the README promise: `resume=true` with the same command
+    continues the interrupted run in its own folder (no new one) and ends as an uninterrupted
+    run; with another configuration it refuses, naming the run it could continue and how the
+    command differs. Runs go where `hets-ep train` puts them by default (outputs/ under the
+    working directory)."""
     args = [*TINY, "train.epochs=2"]
     straight = tmp_path / "straight"
     hets_ep("train", *args, f"hydra.run.dir={straight}", check=True)
-    run_dir, marker = tmp_path / "interrupted", tmp_path / "holding"
-    proc = start("train", *args, f"hydra.run.dir={run_dir}", *held("epoch", marker))
+    work, marker = tmp_path / "work", tmp_path / "holding"
+    work.mkdir()
+    proc = start("train", *args, *held("epoch", marker), cwd=work)
     wait_for(marker, proc)  # epoch 1 is written: the run waits in epoch 2 for the signal
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == (f"hets-ep: SIGTERM: run checkpointed in {run_dir}; continue it with "
+    run_dir, = [p.parent for p in (work / "outputs").rglob(record.SUMMARY)]
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (f"hets-ep: SIGINT: run checkpointed in {run_dir}; continue it with "
                                                f"resume={run_dir}")
     assert record.read_summary(run_dir).status == "interrupted" and len(record.read_rows(run_dir)) == 1
-    hets_ep("train", *args, f"hydra.run.dir={run_dir}", "resume=true", check=True)
+    other = hets_ep("train", *args, "dt=lognormal", "resume=true", cwd=work)
+    assert other.returncode == 2 and "no interrupted, failed or unfinished run of this configuration" in other.stderr
+    assert f"{run_dir.relative_to(work)} (differs in dt.cv, dt.dist)" in other.stderr
+    resumed = hets_ep("train", *args, "resume=true", cwd=work, check=True)
+    assert f"continuing the run in {run_dir.relative_to(work)}" in resumed.stdout + resumed.stderr
+    assert [p.parent for p in (work / "outputs").rglob(record.SUMMARY)] == [run_dir]
     assert record.read_summary(run_dir).status == "completed"
-    assert metrics_without_timing(run_dir / record.METRICS) == metrics_without_timing(straight / record.METRICS)
+    assert metrics_without_timing(run_dir) == metrics_without_timing(straight)
+    done = hets_ep("train", *args, "resume=true", cwd=work)
+    assert done.returncode == 2 and "no interrupted, failed or unfinished run" in done.stderr
 
 
 def test_a_signal_before_a_run_starts_leaves_nothing_to_resume(tmp_path):

@@ -39,16 +39,30 @@ def test_train_step_compiles_once_donates_the_state_and_counts(mnist):
     assert float(state.sums.relaxation_steps[0]) == 3 * (5 + 2 * 2) and float(state.sums.free_steps_max[0]) == 5
 
 
-def test_a_loss_above_the_running_median_is_a_spike():
-    recent = jnp.full((4,), jnp.nan)
-    seen = []
-    for step_number, loss in enumerate([9.0, 1.2, 0.9, 1.1, 3.5, 1.0, 2.9, 6.5]):
-        spike, recent = steps._spike(recent, jnp.float32(loss), jnp.int32(step_number), 3.0)
-        seen.append(bool(spike))
-    # Spikes count once the window is full (the 9.0 of the first batch has no history): 3.5 >
-    # 3 × median(9.0, 1.2, 0.9, 1.1) = 3.45; 2.9 < 3 × median(3.5, 1.0, 0.9, 1.1) = 3.15; 6.5 >
-    # 3 × median(3.5, 1.0, 2.9, 1.1) = 6.0.
-    assert seen == [False, False, False, False, True, False, False, True]
+def _spikes(losses, factor: float = 4.0, floor: float = 2.0, window: int = 50) -> list[int]:
+    recent, found = jnp.full((window,), jnp.nan), []
+    for step_number, loss in enumerate(losses):
+        spike, recent = steps._spike(recent, jnp.float32(loss), jnp.int32(step_number), factor, floor)
+        if spike:
+            found.append(step_number)
+    return found
+
+
+def test_a_smoothly_improving_run_has_no_spikes_and_an_injected_jump_is_found():
+    """The loss falls a hundredfold with batch-to-batch noise that grows relative to it (as a
+    training run's does): no spike, however small the loss. A jump to 20× the running level is
+    one. The old rule (3 × the median) counted more spikes the lower the loss went."""
+    rng = np.random.default_rng(0)
+    t = np.arange(600)
+    smooth = 0.5 * np.exp(-t / 130) * np.exp(rng.normal(0, 0.1 + 1.2 * t / 600))
+    assert _spikes(smooth) == []
+    jumped = smooth.copy()
+    jumped[150] = 20 * np.median(smooth[100:150])
+    jumped[400] = 3.0 * np.median(smooth[350:400]) * np.exp(8 * np.median(np.abs(np.log(smooth[350:400]) -
+                                                                                 np.median(np.log(smooth[350:400])))))
+    assert _spikes(jumped) == [150, 400]
+    assert sum(loss > 3 * np.median(smooth[i - 50:i]) for i, loss in enumerate(smooth) if i >= 50) > 5  # old rule
+    assert _spikes([1.0] * 60 + [1.5]) == [] and _spikes([1.0] * 60 + [2.5]) == [60]  # the floor: a doubling
 
 
 def test_eval_step_masks_padding_and_shares_the_batch(mnist):
@@ -62,7 +76,7 @@ def test_eval_step_masks_padding_and_shares_the_batch(mnist):
     np.testing.assert_allclose(np.asarray(half.loss), np.asarray(first.loss), rtol=1e-6)
     assert float(full.loss[0]) != float(full.loss[1])  # members have their own weights and dt
     means = steps.means(full)
-    assert len(means) == 2 and means[0]["loss"] == pytest.approx(float(full.loss[0]) / 8)
+    assert len(means) == 2 and means[0].loss == pytest.approx(float(full.loss[0]) / 8)
 
 
 @pytest.mark.parametrize("case", range(2))

@@ -3,7 +3,6 @@ interruption and exact resume."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -12,16 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import MNIST_ROOT, TINY, assert_close_trees, train_here
+from conftest import MNIST_ROOT, TINY, assert_close_trees, metrics_without_timing, train_here
 from hets_ep import record
 from hets_ep.config import compose
 from hets_ep.signals import RunInterrupted
 from hets_ep.train import Trainer, train
 
-
-def _without_timing(run_dir):
-    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("epoch_time_s", "samples_per_s")}
-            for r in record.read_rows(run_dir)]
 
 
 def test_tiny_run_writes_every_record_and_learns(tmp_path):
@@ -94,7 +89,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path, options):
     assert record.read_summary(run_dir).status == "interrupted" and len(record.read_rows(run_dir)) == 1
     train(compose([*TINY, *args, "resume=true"]), run_dir)
     assert record.read_summary(run_dir).status == "completed"
-    assert _without_timing(run_dir) == _without_timing(tmp_path / "straight")
+    assert metrics_without_timing(run_dir) == metrics_without_timing(tmp_path / "straight")
 
 
 def test_a_run_directory_with_checkpoints_needs_resume(tmp_path):
@@ -128,7 +123,7 @@ def test_sigterm_during_evaluation_checkpoints_and_resume_is_exact(tmp_path, cap
     assert "checkpointed in epoch 2 after batch 20 of 20" in caplog.text
     train(compose([*TINY, *args, "resume=true"]), run_dir)
     assert "resumed in epoch 2 after batch 20 of 20" in caplog.text  # the same position, in the same words
-    assert _without_timing(run_dir) == _without_timing(tmp_path / "straight")
+    assert metrics_without_timing(run_dir) == metrics_without_timing(tmp_path / "straight")
 
 
 def test_a_signal_before_the_first_batch_still_leaves_a_resumable_run(tmp_path):

@@ -9,6 +9,8 @@
 * ``dt_histograms.png``: one panel per distribution, scalar steps as vertical lines.
 * ``equivalent_step.png``, ``convergence.png``: the scalar curve with each condition placed
   on it; the unconverged shares of the free (test) and nudged (training) phases.
+* ``boundary.png`` (``--boundary KEY``): P(train) against the stress per condition, with the
+  fitted logistic curves and the boundaries' intervals.
 * ``compute.png``: the primary metric against the relaxation steps a run spent (every phase of
   every training batch), per seed and per condition (accuracy against compute).
 
@@ -45,7 +47,7 @@ def _dist(cond: Condition) -> str:
     return str(cond.values.get("dt.dist", cond.runs[0].config.get("dt.dist", "scalar")))
 
 
-def _colour(cond: Condition) -> str:
+def colour(cond: Condition) -> str:
     return COLOURS.get(_dist(cond), "tab:gray")
 
 
@@ -66,10 +68,10 @@ def _panels(n: int, width: float = 3.2, height: float = 2.6, max_cols: int = 6):
 
 def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
     """Axis labels, a title, a grid and the legend outside the plot on the right."""
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(alpha=0.3)
 
 
@@ -92,21 +94,21 @@ def learning_curves(out: Path, analysis: Analysis) -> str:
             half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * np.nanstd(padded, 0, ddof=1) /
                             np.sqrt(np.maximum(n, 1)), 0.0) if len(curves) > 1 else np.zeros(length)
             epochs = np.arange(1, length + 1)
-            line, = ax.plot(epochs, mean, color=_colour(cond), ls=next(styles) if _dist(cond) != "scalar" else "-",
+            line, = ax.plot(epochs, mean, color=colour(cond), ls=next(styles) if _dist(cond) != "scalar" else "-",
                             lw=1.5)
-            ax.fill_between(epochs, mean - half, mean + half, color=_colour(cond), alpha=0.15, lw=0)
+            ax.fill_between(epochs, mean - half, mean + half, color=colour(cond), alpha=0.15, lw=0)
             cv = cond.table["dt_cv"].mean()
             handles.setdefault(_dist(cond) + ("" if _dist(cond) == "scalar" or math.isnan(cv) else f" cv={cv:.2f}"),
                                line)
-        ax.set_title("\n".join(textwrap.wrap(name or "all runs", 40)), fontsize=8)
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(name or "all runs", 40)), fontsize=10)
+        ax.set_xlabel("epoch", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)", fontsize=8)
+    axes[0].set_ylabel("test accuracy (%)", fontsize=10)
     fig.legend(list(handles.values()), list(handles.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
-               fontsize=7, frameon=False)
-    fig.suptitle("test accuracy, mean and 95% band over seeds", fontsize=9)
+               fontsize=9, frameon=False)
+    fig.suptitle("test accuracy, mean and 95% band over seeds", fontsize=11)
     fig.tight_layout()
     plotting.save(fig, out / "learning_curves.png")
     return "learning_curves.png"
@@ -125,18 +127,18 @@ def paired_differences(out: Path, analysis: Analysis) -> Optional[str]:
         both = paired(p, analysis.metric)
         d = (both["condition"] - both["baseline"]).to_numpy()
         jitter = np.linspace(-0.18, 0.18, len(d)) if len(d) > 1 else np.zeros(1)
-        ax.scatter(d, i + jitter, s=9, color=_colour(p.condition), alpha=0.55, lw=0)
+        ax.scatter(d, i + jitter, s=9, color=colour(p.condition), alpha=0.55, lw=0)
         if inference.finite(r.get("ci_low")):
             ax.plot([r["ci_low"], r["ci_high"]], [i, i], color="k", lw=2)
         ax.plot([r["mean_diff"]], [i], "o", color="k", ms=5)
         if inference.finite(r.get("p_holm")) and r["p_holm"] < analysis.alpha:
             ax.annotate("*", (max(d.max(), r.get("ci_high") or d.max()), i), xytext=(4, -4),
-                        textcoords="offset points", fontsize=12)
+                        textcoords="offset points", fontsize=14)
     ax.axvline(0, color="gray", lw=0.8)
-    ax.set_yticks(range(len(comps)), [f"{p.condition.label}\nvs {p.baseline.label}" for p, _ in comps], fontsize=7)
+    ax.set_yticks(range(len(comps)), [f"{p.condition.label}\nvs {p.baseline.label}" for p, _ in comps], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel(f"{analysis.metric}: condition − baseline ({'points' if analysis.metric in POINTS else 'share'}"
-                  "), per seed; mean and 95% bootstrap CI; * Holm-significant", fontsize=8)
+                  "), per seed; mean and 95% bootstrap CI; * Holm-significant", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     plotting.save(fig, out / "paired_differences.png")
@@ -168,17 +170,17 @@ def _heatmaps(out: Path, name: str, title: str, panels: dict[str, dict[tuple[str
             if inference.finite(v):
                 shade = cmap(norm(v))
                 light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.55
-                ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=6.5,
+                ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=8.5,
                         color="black" if light else "white")
-        ax.set_xticks(range(len(cols)), cols, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
-        ax.set_xlabel(col, fontsize=8)
-        ax.set_ylabel(row, fontsize=8)
-        ax.set_title("\n".join(textwrap.wrap(panel, 32)), fontsize=7.5)  # panel titles must not overlap
+        ax.set_xticks(range(len(cols)), cols, fontsize=9)
+        ax.set_yticks(range(len(rows)), rows, fontsize=9)
+        ax.set_xlabel(col, fontsize=10)
+        ax.set_ylabel(row, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(panel, 32)), fontsize=9.5)  # panel titles must not overlap
     fig.subplots_adjust(hspace=0.55, top=1 - 0.9 / fig.get_figheight())  # room for the wrapped panel titles
     if image is not None:
         fig.colorbar(image, ax=[a for a in axes if a.get_visible()], shrink=0.8, label=colour_label)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=11)
     plotting.save(fig, out / name)
     return name
 
@@ -212,8 +214,8 @@ def robustness(out: Path, analysis: Analysis) -> str:
         panel = " ".join([r["dt"], *(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in others)])
         share = r["trained_runs"] / max(r["runs"], 1)
         panels.setdefault(panel, {})[(fmt(r[row]), fmt(r[col]))] = (share, f"{r['trained_runs']}/{r['runs']}")
-    return _heatmaps(out, "robustness.png", f"runs that train (late ≥ {analysis.options.train_threshold:g}, no collapse)",
-                     panels, row, col, False, "share of runs that train")
+    title = f"runs that train (late ≥ chance + {analysis.options.train_fraction:g} × (1 − chance), no collapse)"
+    return _heatmaps(out, "robustness.png", title, panels, row, col, False, "share of runs that train")
 
 
 def dt_histograms(out: Path, analysis: Analysis) -> Optional[str]:
@@ -232,16 +234,16 @@ def dt_histograms(out: Path, analysis: Analysis) -> Optional[str]:
                 continue
             with np.load(path) as f:
                 values = np.concatenate([f[k].ravel() for k in f.files])
-            ax.hist(values, bins=60, histtype="step", density=True, color=_colour(cond),
+            ax.hist(values, bins=60, histtype="step", density=True, color=colour(cond),
                     label=cond.label.replace(dist + " ", ""))
         for m in scalar_means:
             ax.axvline(m, color="black", lw=0.8, ls="--")
-        ax.set_title(f"{dist} (dashed: scalar steps)", fontsize=8)
-        ax.set_xlabel("dt", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{dist} (dashed: scalar steps)", fontsize=10)
+        ax.set_xlabel("dt", fontsize=10)
+        ax.tick_params(labelsize=9)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, frameon=False)
-    axes[0].set_ylabel("density over neurons (first seed)", fontsize=8)
+            ax.legend(fontsize=8, frameon=False)
+    axes[0].set_ylabel("density over neurons (first seed)", fontsize=10)
     fig.tight_layout()
     plotting.save(fig, out / "dt_histograms.png")
     return "dt_histograms.png"
@@ -264,15 +266,15 @@ def equivalent_step(out: Path, analysis: Analysis) -> Optional[str]:
                     alpha=0.12, lw=0)
     conds = {c.label: c for c in analysis.conditions}
     for _, r in eq.iterrows():
-        colour = _colour(conds[r["condition"]]) if r["condition"] in conds else "tab:gray"
-        ax.axhline(r["metric_mean"], color=colour, lw=0.8, ls=":")
+        shade = colour(conds[r["condition"]]) if r["condition"] in conds else "tab:gray"
+        ax.axhline(r["metric_mean"], color=shade, lw=0.8, ls=":")
         if inference.finite(r["equivalent"]):
             lo = r["ci_low"] if inference.finite(r["ci_low"]) else r["equivalent"]
             hi = r["ci_high"] if inference.finite(r["ci_high"]) else r["equivalent"]
             ax.errorbar([r["equivalent"]], [r["metric_mean"]], xerr=[[r["equivalent"] - lo], [hi - r["equivalent"]]],
-                        fmt="s", color=colour, capsize=3, label=f"{r['condition']} (at {key}={r['own']:g})")
+                        fmt="s", color=shade, capsize=3, label=f"{r['condition']} (at {key}={r['own']:g})")
         else:
-            ax.plot([r["own"]], [r["metric_mean"]], "x", color=colour, label=f"{r['condition']}: {r['position']}")
+            ax.plot([r["own"]], [r["metric_mean"]], "x", color=shade, label=f"{r['condition']}: {r['position']}")
     _label(ax, f"scalar {key}", f"{analysis.metric} (%)",
            "equivalent scalar step: where each condition meets the scalar curve (95% CI)")
     plotting.save(fig, out / "equivalent_step.png")
@@ -289,13 +291,13 @@ def convergence(out: Path, analysis: Analysis) -> Optional[str]:
         for column, marker, offset in (("test_unconverged", "o", -0.12), ("nudged_unconverged", "^", 0.12)):
             values = cond.finished[column].dropna().astype(float)
             if len(values):
-                ax.scatter(values, np.full(len(values), i + offset), marker=marker, s=10, color=_colour(cond),
+                ax.scatter(values, np.full(len(values), i + offset), marker=marker, s=10, color=colour(cond),
                            alpha=0.5, lw=0)
                 ax.plot([values.mean()], [i + offset], marker, color="k", ms=4)
-    ax.set_yticks(range(len(conds)), [c.label for c in conds], fontsize=7)
+    ax.set_yticks(range(len(conds)), [c.label for c in conds], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("share of samples whose fixed-point residual exceeds the tolerance (late epochs): "
-                  "o free phase (test), ^ nudged phase (training)", fontsize=7)
+                  "o free phase (test), ^ nudged phase (training)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     plotting.save(fig, out / "convergence.png")
@@ -313,9 +315,9 @@ def compute(out: Path, analysis: Analysis) -> Optional[str]:
         done = cond.finished.dropna(subset=["relaxation_steps"])
         steps, metric = done["relaxation_steps"].astype(float), cond.metric(analysis.metric).reindex(done["seed"])
         marker = next(styles)
-        ax.scatter(steps, metric, s=10, color=_colour(cond), marker=marker, alpha=0.4, lw=0)
+        ax.scatter(steps, metric, s=10, color=colour(cond), marker=marker, alpha=0.4, lw=0)
         ax.errorbar([steps.mean()], [metric.mean()], xerr=[[steps.mean() - steps.min()], [steps.max() - steps.mean()]],
-                    fmt=marker, color=_colour(cond), ms=6, capsize=2, label=cond.label)
+                    fmt=marker, color=colour(cond), ms=6, capsize=2, label=cond.label)
     ax.set_xscale("log")
     _label(ax, "relaxation steps per run (every phase of every training batch; bars: range over seeds)",
            f"{analysis.metric} ({'%' if analysis.metric in POINTS else ''})", "accuracy against compute")
@@ -334,4 +336,9 @@ def render(out: Path, analysis: Analysis) -> list[str]:
             names.append(grid(out, analysis, *analysis.options.robust, name="robustness_differences.png"))
         names += [dt_histograms(out, analysis), equivalent_step(out, analysis), convergence(out, analysis),
                   compute(out, analysis)]
+        if analysis.boundaries is not None and len(analysis.boundaries):
+            from hets_ep.report import boundary
+
+            names.append(boundary.figure(out, analysis.boundaries, analysis.boundary_curves, analysis.options.boundary,
+                                         analysis.boundary_log))
     return [n for n in names if n]

@@ -9,6 +9,14 @@ outcomes (collapsed, trained) are compared with the exact McNemar test on the pa
 (``statsmodels``). The p-values of a report's family are Holm-adjusted together
 (``statsmodels.stats.multitest.multipletests``), and each comparison gets a verdict at α.
 
+Ratio endpoints (relaxation steps, time), whose per-seed ratios vary by multiples, are tested
+on the log scale: the paired differences of ``log`` values, their mean turned back into a
+geometric-mean ratio with its interval (:func:`log_ratio`).
+
+Stability boundaries: the probability that a run trains, as a logistic function of a stress
+(``statsmodels`` GLM, binomial family, logit link) in the stress or its logarithm; the boundary
+is the stress at P = 0.5 (:func:`fit_boundary`).
+
 Beside the means: the spread of a metric across seeds in two conditions is compared with the
 Brown–Forsythe test (``scipy.stats.levene`` centred at the median; it treats the two groups as
 independent, which for seeds paired across conditions is, if anything, conservative when the
@@ -25,6 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -180,3 +189,121 @@ def describe(values: pd.Series) -> dict:
 
 def finite(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def log_ratio(condition: Sequence[float], baseline: Sequence[float], seed: int = 0) -> Comparison:
+    """Paired statistics of ``log(condition / baseline)`` for a positive endpoint: ``exp`` of
+    the mean (and of the interval's ends) is the geometric-mean ratio; pairs with a value ≤ 0
+    are left out."""
+    x, y = np.asarray(condition, np.float64), np.asarray(baseline, np.float64)
+    keep = (x > 0) & (y > 0)
+    return compare(np.log(x[keep]) - np.log(y[keep]), seed)
+
+
+# Under complete separation (every run below a stress fails, every run above trains) the
+# likelihood grows without bound as the slope does; a weak ridge penalty on the slope alone
+# (of the standardised stress) keeps it finite and puts the boundary between the two groups.
+SEPARATION_RIDGE = 1e-2
+
+
+@dataclasses.dataclass
+class Boundary:
+    """A logistic fit ``P(train) = 1 / (1 + exp(−(b0 + b1 x)))`` with ``x`` the stress (or its
+    log): the boundary (the stress at P = 0.5; None where the fit has no crossing: every run
+    trains, or none does), the coefficients on the stress scale, and whether the runs were
+    separated (the ridge fit was used)."""
+
+    boundary: Optional[float]
+    intercept: Optional[float]
+    slope: Optional[float]
+    separated: bool
+    runs: int
+
+
+def separated(x: np.ndarray, trained: np.ndarray) -> bool:
+    """Whether some threshold splits the failing from the training runs (complete or
+    quasi-complete separation: the maximum-likelihood slope is infinite)."""
+    fail, ok = x[~trained], x[trained]
+    return bool(fail.size and ok.size and (fail.max() <= ok.min() or ok.max() <= fail.min()))
+
+
+def fit_boundary(stress: Sequence[float], trained: Sequence[bool], log: bool = False) -> Boundary:
+    """The logistic fit of ``trained`` against ``stress`` (its logarithm with ``log``) and the
+    stress at P = 0.5 (see :class:`Boundary`)."""
+    s, t = np.asarray(stress, np.float64), np.asarray(trained, bool)
+    x = np.log(s) if log else s
+    if t.all() or not t.any() or np.ptp(x) == 0:
+        return Boundary(None, None, None, False, int(t.size))
+    centre, scale = float(x.mean()), float(x.std())
+    design = sm.add_constant((x - centre) / scale)
+    model = sm.GLM(t.astype(np.float64), design, family=sm.families.Binomial())
+    split = separated(x, t)
+    if split:
+        fitted = model.fit_regularized(alpha=np.array([0.0, SEPARATION_RIDGE]), L1_wt=0.0)
+    else:
+        fitted = model.fit()
+    a, b = (float(v) for v in fitted.params)
+    slope, intercept = b / scale, a - b * centre / scale
+    crossing = -intercept / slope if slope != 0 else None
+    if crossing is not None and log:
+        crossing = float(np.exp(crossing))
+    return Boundary(crossing, intercept, slope, split, int(t.size))
+
+
+def boundary_interval(data: pd.DataFrame, log: bool, seed: int = 0, resamples: int = 1000,
+                      level: float = 0.95) -> tuple[Optional[float], Optional[float], float]:
+    """A percentile bootstrap interval of the boundary from ``data`` (columns ``seed``,
+    ``stress``, ``trained``), resampling seeds (each with all its runs) with replacement;
+    returns ``(low, high, found)``, ``found`` the share of resamples with a boundary."""
+    draws = _boundary_draws({"only": data}, log, seed, resamples)["only"]
+    return _percentile(draws, level, resamples)
+
+
+def boundary_difference(condition: pd.DataFrame, baseline: pd.DataFrame, log: bool, seed: int = 0,
+                        resamples: int = 1000, level: float = 0.95) -> dict:
+    """The paired difference of two conditions' boundaries (condition − baseline; on the log
+    scale with ``log``: the log of their ratio), resampling the seeds they share jointly: the
+    estimate, a percentile interval, the bootstrap p-value ``2 min(P(Δ ≤ 0), P(Δ ≥ 0))`` and the
+    share of resamples in which both boundaries exist."""
+    shared = sorted(set(condition["seed"]) & set(baseline["seed"]))
+    a, b = condition[condition["seed"].isin(shared)], baseline[baseline["seed"].isin(shared)]
+    fa, fb = (fit_boundary(d["stress"], d["trained"], log).boundary for d in (a, b))
+    scale = np.log if log else (lambda v: v)
+    estimate = float(scale(fa) - scale(fb)) if fa is not None and fb is not None else None
+    draws = _boundary_draws({"a": a, "b": b}, log, seed, resamples, shared)
+    diffs = [float(scale(x) - scale(y)) for x, y in zip(draws["a"], draws["b"]) if x is not None and y is not None]
+    low, high, found = _percentile(diffs, level, resamples)
+    p = None
+    if len(diffs) >= 0.5 * resamples:
+        d = np.asarray(diffs)
+        p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    return {"seeds": len(shared), "difference": estimate, "ci_low": low, "ci_high": high, "p": p, "found": found}
+
+
+def _boundary_draws(frames: dict[str, pd.DataFrame], log: bool, seed: int, resamples: int,
+                    seeds: Optional[Sequence[int]] = None) -> dict[str, list[Optional[float]]]:
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(seeds if seeds is not None else sorted(next(iter(frames.values()))["seed"].unique()))
+    by_seed = {name: {s: (d["stress"].to_numpy(float), d["trained"].to_numpy(bool)) for s, d in frame.groupby("seed")}
+               for name, frame in frames.items()}
+    out: dict[str, list[Optional[float]]] = {name: [] for name in frames}
+    for _ in range(resamples):
+        chosen = rng.choice(pool, pool.size)
+        for name in frames:
+            parts = [by_seed[name][s] for s in chosen if s in by_seed[name]]
+            if not parts:
+                out[name].append(None)
+                continue
+            stress, trained = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            out[name].append(fit_boundary(stress, trained, log).boundary)
+    return out
+
+
+def _percentile(draws: Sequence[Optional[float]], level: float,
+                resamples: int) -> tuple[Optional[float], Optional[float], float]:
+    found = [d for d in draws if d is not None and np.isfinite(d)]
+    if len(found) < 0.5 * resamples:
+        return None, None, len(found) / resamples
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(found, [tail, 100 - tail])
+    return float(low), float(high), len(found) / resamples

@@ -25,24 +25,20 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
-from hets_ep import record
+from hets_ep import record, stability
 from hets_ep.errors import HetsEpError
 from hets_ep.record import FINISHED, RunRecord
 
-# Keys that never define a condition: bookkeeping, paths, trackers, display, guards and analysis
-# thresholds (a prefix ending in "." covers a section).
-IGNORED = ("seed", "resume", "train.progress", "train.check_every", "train.eval_batch_size", "dataset.root",
-           "train.parallel_seeds", "train.explode_threshold", "stability.", "gradcheck.", "logger.", "hydra.",
-           "ep.unroll", "ep.window")
 TREATMENT = ("dt.", "dynamics.")
 # Per-run metrics a comparison can use, with their direction: +1 larger is better, −1 smaller.
 METRICS = {"late": +1, "final": +1, "best": +1, "auc": +1, "max_drawdown": -1, "collapse": -1, "jitter": -1,
            "val_late": +1}
 # Secondary endpoints, compared beside the primary metric (their direction is not a verdict).
-SECONDARY = ("max_drawdown", "jitter", "loss_spikes", "relaxation_steps", "spectral_radius")
+SECONDARY = ("max_drawdown", "jitter", "loss_spikes", "relaxation_steps", "wall_s", "spectral_radius")
+# Endpoints whose per-seed ratios vary by multiples: tested on the log scale (a geometric-mean ratio).
+RATIO = ("relaxation_steps", "wall_s")
 # Metrics in accuracy units, shown in points (×100).
 POINTS = ("late", "final", "best", "auc", "max_drawdown", "jitter", "val_late")
 BINARY = ("collapse", "trained")
@@ -69,18 +65,28 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     return runs
 
 
-def run_metrics(run: RunRecord, train_threshold: float) -> dict:
+def chance(run: RunRecord) -> float:
+    """Chance accuracy of the run's dataset (1 / classes)."""
+    return 1.0 / (run.summary.classes or 10)
+
+
+def train_level(run: RunRecord, fraction: float) -> float:
+    """The late accuracy at which a run counts as trained: ``fraction`` of the way from chance to
+    perfect (0.8 on 10 classes: 82%), so that the rule means the same on every dataset."""
+    return chance(run) + fraction * (1.0 - chance(run))
+
+
+def run_metrics(run: RunRecord, train_fraction: float) -> dict:
     """One run's per-seed row, read from its record (the statistics as :mod:`hets_ep.stability`
     defined them for its summary): metrics only for a finished run."""
     summary, st = run.summary, run.summary.stability
     finished = summary.status in FINISHED and bool(run.rows)
     late = summary.late_test_acc if finished else None
     collapse_count = st.get("collapse_count") if finished else None
+    window = int(run.config["stability.late_window"])
 
     def late_mean(key):
-        values = [getattr(r, key) for r in run.rows[-int(run.config.get("stability.late_window", 3)):]]
-        kept = [v for v in values if v is not None]
-        return float(np.mean(kept)) if finished and kept else None
+        return stability.late_mean([getattr(r, key) for r in run.rows], window) if finished else None
 
     return {
         "seed": run.seed, "status": summary.status, "epochs": summary.epochs_completed,
@@ -92,7 +98,9 @@ def run_metrics(run: RunRecord, train_threshold: float) -> dict:
         "jitter": st.get("jitter") if finished else None,
         "collapse_count": collapse_count, "collapse": bool(collapse_count) if finished else None,
         "never_learned": st.get("never_learned") if finished else None,
-        "trained": (late is not None and late >= train_threshold and not collapse_count) if finished else None,
+        "trained": (late is not None and late >= train_level(run, train_fraction) and not collapse_count)
+        if finished else None,
+        "late_epochs": min(window, summary.epochs_completed) if finished else None,
         "loss_spikes": st.get("loss_spikes") if finished else None,
         "relaxation_steps": st.get("relaxation_steps") if finished else None,
         "spectral_radius": st.get("late_spectral_radius") if finished else None,
@@ -101,8 +109,12 @@ def run_metrics(run: RunRecord, train_threshold: float) -> dict:
         "test_unconverged": late_mean("test_unconverged"),
         "train_unconverged": late_mean("train_unconverged"),
         "nudged_unconverged": late_mean("train_nudged_unconverged"),
+        "capped": late_mean("train_capped"),
+        "free_steps": late_mean("train_free_steps"), "nudged_steps": late_mean("train_nudged_steps"),
+        **{f"config_{k}": run.config.get(k) for k in ("ep.T1", "ep.T2", "ep.tol")},
         **{f"dt_{k}": summary.dt.get(k) for k in ("mean", "geomean", "hmean", "cv", "tau_cv")},
-        "wall_s": summary.timings.get("total_s"), "path": str(run.path),
+        "wall_s": summary.timings.get("total_s"), "commit": summary.versions.get("commit"),
+        "dirty": summary.versions.get("dirty"), "path": str(run.path),
     }
 
 
@@ -152,12 +164,16 @@ def fmt(value) -> str:
     return str(value)
 
 
-def varying_keys(runs: Sequence[RunRecord]) -> list[str]:
-    """Keys whose values differ between runs (dt keys first), the ignored ones excepted."""
+def varying_keys(runs: Sequence[RunRecord], leave_out: Sequence[str] = ()) -> list[str]:
+    """Keys that define a condition (:class:`hets_ep.config.Roles`) and whose values differ
+    between runs, dt keys first (``leave_out``: keys not to group by, such as a stress axis)."""
+    from hets_ep.config import roles
+
     first = ("dt.dist", "dt.mean", "dt.cv")
     keys = sorted({k for r in runs for k in r.config},
                   key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
-    return [k for k in keys if not k.startswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in keys if roles(k).condition and k not in leave_out
+            and len({repr(r.config.get(k)) for r in runs}) > 1]
 
 
 def _keep(runs: list[RunRecord]) -> tuple[RunRecord, list[RunRecord]]:
@@ -169,7 +185,7 @@ def _keep(runs: list[RunRecord]) -> tuple[RunRecord, list[RunRecord]]:
     return ordered[0], ordered[1:]
 
 
-def group(runs: Sequence[RunRecord], train_threshold: float, strict: bool = False) -> Grouping:
+def group(runs: Sequence[RunRecord], train_fraction: float, strict: bool = False) -> Grouping:
     """Conditions (sorted by their values), each with its per-seed table and display label."""
     varying = varying_keys(runs)
     by_values: dict[tuple, dict[int, list[RunRecord]]] = {}
@@ -189,7 +205,7 @@ def group(runs: Sequence[RunRecord], train_threshold: float, strict: bool = Fals
             kept.append(chosen)
             aside += [(o.path, chosen.path) for o in others]
         values = {k: kept[0].config.get(k) for k in varying}
-        table = pd.DataFrame([run_metrics(r, train_threshold) for r in kept]).sort_values("seed")
+        table = pd.DataFrame([run_metrics(r, train_fraction) for r in kept]).sort_values("seed")
         conditions.append(Condition(values, sorted(kept, key=lambda r: r.seed), table.reset_index(drop=True)))
     conditions.sort(key=lambda c: [_sortable(v) for v in c.values.values()])
     for cond in conditions:

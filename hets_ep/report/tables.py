@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from hets_ep import atomic
 from hets_ep.record import Status
-from hets_ep.report import inference
+from hets_ep.report import boundary, inference
 from hets_ep.report.runs import BINARY, POINTS
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ STATUSES = [str(s) for s in (Status.COMPLETED, Status.DIVERGED, Status.INTERRUPT
 
 def units(metric: str) -> str:
     return "points" if metric in POINTS else "share of runs" if metric in BINARY else {
-        "loss_spikes": "batches", "relaxation_steps": "steps", "spectral_radius": ""}.get(metric, "")
+        "loss_spikes": "batches", "relaxation_steps": "steps", "wall_s": "s", "spectral_radius": ""}.get(metric, "")
 
 
 def seeds_frame(analysis: Analysis) -> pd.DataFrame:
@@ -50,8 +51,10 @@ def conditions_frame(analysis: Analysis) -> pd.DataFrame:
             "never_learned": int(done["never_learned"].fillna(False).astype(bool).sum()),
             **{f"{m}_mean": _mean(done[m]) for m in ("max_drawdown", "jitter", "loss_spikes", "relaxation_steps",
                                                       "spectral_radius")},
-            "test_unconverged": _mean(done["test_unconverged"]), "nudged_unconverged": _mean(done["nudged_unconverged"]),
-            "test_fp_residual": _mean(done["test_fp_residual"]),
+            "test_unconverged": _mean(done["test_unconverged"]),
+            "nudged_unconverged": _mean(done["nudged_unconverged"]),
+            "test_fp_residual": _mean(done["test_fp_residual"]), "capped": _mean(done["capped"]),
+            "free_steps": _mean(done["free_steps"]), "nudged_steps": _mean(done["nudged_steps"]),
             **{f"dt_{k}": _mean(t[f"dt_{k}"]) for k in ("mean", "geomean", "hmean", "cv", "tau_cv")},
             "wall_s": _mean(t["wall_s"]),
         })
@@ -72,25 +75,28 @@ def write_csvs(out: Path, analysis: Analysis) -> None:
     if analysis.robustness is not None:
         frames["robustness.csv"] = analysis.robustness
         frames["robustness_tests.csv"] = analysis.robust_tests
+    if analysis.boundaries is not None:
+        frames["boundaries.csv"] = analysis.boundaries
+        frames["boundary_tests.csv"] = analysis.boundary_tests
     for name, frame in frames.items():
         buffer = io.StringIO()
         frame.to_csv(buffer, index=False)
         atomic.write_text(out / name, buffer.getvalue())
 
 
-def _num(value, digits: int = 2, percent: bool = False) -> str:
+def md_num(value, digits: int = 2, percent: bool = False) -> str:
     if not inference.finite(value):
         return "–"
     return f"{100 * value:.{digits}f}" if percent else f"{value:.{digits}f}"
 
 
-def _p(value) -> str:
+def md_p(value) -> str:
     if not inference.finite(value):
         return "–"
     return "<0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
-def _interval(mean, low, high, digits: int = 2, signed: bool = True, n: Optional[int] = None) -> str:
+def md_interval(mean, low, high, digits: int = 2, signed: bool = True, n: Optional[int] = None) -> str:
     if not inference.finite(mean):
         return "–"
     f = f"{{:{'+' if signed else ''}.{digits}f}}".format
@@ -99,7 +105,7 @@ def _interval(mean, low, high, digits: int = 2, signed: bool = True, n: Optional
     return f"{f(mean)} [{f(low)}, {f(high)}]"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -125,7 +131,28 @@ def header(analysis: Analysis) -> str:
             f"is reported beside. **Runs:** {n_runs} in {len(analysis.conditions)} conditions from "
             f"{', '.join(analysis.paths)}; only finished runs (completed or diverged) are scored. Conditions are "
             f"labelled with the realised value of the dt statistic their draws matched (μ: mean, geomean, hmean = "
-            f"Δt / mean τ) and the realised cv.")
+            f"Δt / mean τ) and the realised cv. **Late window:** {late_window_text(analysis)}. **Trained:** "
+            f"{trained_text(analysis)}.")
+
+
+def late_window_text(analysis: Analysis) -> str:
+    """The epochs `late` averaged over, as the runs had them."""
+    used = sorted({int(v) for v in analysis.finished("late_epochs")})
+    windows = sorted({int(r.config["stability.late_window"]) for c in analysis.conditions for r in c.runs})
+    if not used:
+        return "no finished runs"
+    text = f"`late` averages the last {'/'.join(map(str, windows))} epochs (stability.late_window)"
+    short = [u for u in used if u < max(windows)]
+    return text + (f"; runs with fewer epochs average all of theirs ({', '.join(map(str, short))})" if short else "")
+
+
+def trained_text(analysis: Analysis) -> str:
+    """The rule by which a run counts as trained, with the levels it sets for these datasets."""
+    f = analysis.options.train_fraction
+    classes = sorted({r.summary.classes or 10 for c in analysis.conditions for r in c.runs})
+    levels = ", ".join(f"{100 * (1 / k + f * (1 - 1 / k)):.1f}% with {k} classes" for k in classes)
+    return (f"a run trains when its late test accuracy reaches chance + {f:g} × (1 − chance) ({levels}; "
+            "--train-fraction) and it never collapses")
 
 
 def _metric_text(metric: str) -> str:
@@ -147,33 +174,38 @@ def markdown(analysis: Analysis) -> str:
     lines += ["### Conditions", ""]
     cond = conditions_frame(analysis)
     m = analysis.metric
-    lines += _table(
+    lines += md_table(
         ["condition", "runs (ok/div/int/fail)", f"{m} mean [95% CI]", "collapsed", "trained", "max drawdown",
          "unconverged free / nudged", "relaxation steps", "realised dt mean / geomean / hmean / cv"],
         [[r["condition"], f"{r['runs']} ({r['completed']}/{r['diverged']}/{r['interrupted']}/{r['failed']})",
-          _interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], signed=False,
+          md_interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], signed=False,
                     n=r["completed"] + r["diverged"]),
-          _num(r["collapse_rate"], 0, True) + "%", _num(r["trained_rate"], 0, True) + "%",
-          _num(r["max_drawdown_mean"], 1, True), f"{_num(r['test_unconverged'], 3)} / {_num(r['nudged_unconverged'], 3)}",
-          _num(r["relaxation_steps_mean"], 0),
-          " / ".join(_num(r[f"dt_{k}"], 3) for k in ("mean", "geomean", "hmean")) + f" / {_num(r['dt_cv'], 2)}"]
+          md_num(r["collapse_rate"], 0, True) + "%", md_num(r["trained_rate"], 0, True) + "%",
+          md_num(r["max_drawdown_mean"], 1, True),
+          f"{md_num(r['test_unconverged'], 3)} / {md_num(r['nudged_unconverged'], 3)}",
+          md_num(r["relaxation_steps_mean"], 0),
+          " / ".join(md_num(r[f"dt_{k}"], 3) for k in ("mean", "geomean", "hmean")) + f" / {md_num(r['dt_cv'], 2)}"]
          for _, r in cond.iterrows()])
+    caps = cap_notes(analysis, cond)
+    if caps:
+        lines += ["", "Relaxation caps:", "", *caps]
     if len(cond) and any(len(c) > 60 for c in cond["condition"]):
         lines += ["", "Condition keys:", "", *[f"- {r['condition']}: `{r['keys']}`" for _, r in cond.iterrows()]]
     comps = analysis.comparisons
     if len(comps) and "mean_diff" in comps:
         lines += ["", f"### Paired comparisons ({m}, condition − baseline)", ""]
         tost = "p_tost" in comps
-        lines += _table(
+        lines += md_table(
             ["condition", "baseline", "pairs", f"Δ {m} [95% CI]", "p (t)", "p (Wilcoxon)", "d_z", "p (Holm)",
              "verdict", "SD cond / base (p Brown–Forsythe)", "collapsed (cond / base, p)",
              *([f"p (TOST ±{analysis.options.equivalence:g}; Holm)"] if tost else [])],
             [[r["condition"], str(r["baseline"]), str(int(r["pairs"])),
-              _interval(r.get("mean_diff"), r.get("ci_low"), r.get("ci_high"), n=int(r["pairs"])), _p(r.get("p_t")),
-              _p(r.get("p_wilcoxon")), _num(r.get("dz")), _p(r.get("p_holm")), str(r.get("verdict")),
-              f"{_num(r.get('sd'))} / {_num(r.get('baseline_sd'))} ({_p(r.get('p_brown_forsythe'))})",
-              f"{_num(r.get('collapse_rate'), 0, True)}% / {_num(r.get('baseline_collapse_rate'), 0, True)}%, "
-              f"{_p(r.get('p_collapse'))}", *([f"{_p(r.get('p_tost'))}; {_p(r.get('p_tost_holm'))}"] if tost else [])]
+              md_interval(r.get("mean_diff"), r.get("ci_low"), r.get("ci_high"), n=int(r["pairs"])), md_p(r.get("p_t")),
+              md_p(r.get("p_wilcoxon")), md_num(r.get("dz")), md_p(r.get("p_holm")), str(r.get("verdict")),
+              f"{md_num(r.get('sd'))} / {md_num(r.get('baseline_sd'))} ({md_p(r.get('p_brown_forsythe'))})",
+              f"{md_num(r.get('collapse_rate'), 0, True)}% / {md_num(r.get('baseline_collapse_rate'), 0, True)}%, "
+              f"{md_p(r.get('p_collapse'))}",
+              *([f"{md_p(r.get('p_tost'))}; {md_p(r.get('p_tost_holm'))}"] if tost else [])]
              for _, r in comps.iterrows() if r["pairs"]])
     notes = [f"- {r['condition']}: {r['note']}" for _, r in comps.iterrows() if r.get("note")] if len(comps) else []
     if notes:
@@ -181,46 +213,83 @@ def markdown(analysis: Analysis) -> str:
     if len(analysis.secondary):
         lines += ["", "### Secondary endpoints (condition − baseline; Holm over this table, separately from the "
                       "primary family)", ""]
-        lines += _table(["condition", "endpoint", "condition / baseline mean", "Δ [95% CI]", "p (t)", "p (Holm)"],
+        lines += ["Ratio endpoints (relaxation steps, wall time) are tested on the log scale: Δ is their "
+                  "geometric-mean ratio condition / baseline with its interval.", ""]
+        lines += md_table(["condition", "endpoint", "condition / baseline mean", "Δ [95% CI]", "p (t)", "p (Holm)"],
                         [[r["condition"], f"{r['endpoint']} ({units(r['endpoint']) or 'ratio'})",
                           f"{_scaled(r['mean'], r['endpoint'])} / {_scaled(r['baseline_mean'], r['endpoint'])}",
-                          _interval(r["mean_diff"], r["ci_low"], r["ci_high"], n=int(r["pairs"])), _p(r["p_t"]),
-                          _p(r["p_holm"])] for _, r in analysis.secondary.iterrows()])
+                          _ratio(r) if r.get("scale") == "log" else
+                          md_interval(r["mean_diff"], r["ci_low"], r["ci_high"], n=int(r["pairs"])), md_p(r["p_t"]),
+                          md_p(r["p_holm"])] for _, r in analysis.secondary.iterrows()])
     if analysis.equivalent is not None and len(analysis.equivalent):
         lines += ["", "### Equivalent scalar step", "",
                   f"The scalar {analysis.equivalent['key'].iloc[0]} whose mean {m} each condition matches (linear "
                   "interpolation on the scalar curve; 95% percentile bootstrap interval over seeds).", ""]
-        lines += _table(["condition", f"own {analysis.equivalent['key'].iloc[0]}", f"{m} mean",
+        lines += md_table(["condition", f"own {analysis.equivalent['key'].iloc[0]}", f"{m} mean",
                          "equivalent scalar step [95% CI]", "scalar curve", "position"],
-                        [[r["condition"], f"{r['own']:g}", _num(r["metric_mean"]),
-                          _interval(r["equivalent"], r["ci_low"], r["ci_high"], 3, signed=False), r["curve"],
+                        [[r["condition"], f"{r['own']:g}", md_num(r["metric_mean"]),
+                          md_interval(r["equivalent"], r["ci_low"], r["ci_high"], 3, signed=False), r["curve"],
                           r["position"]] for _, r in analysis.equivalent.iterrows()])
     if analysis.robustness is not None:
         lines += ["", robustness_markdown(analysis)]
+    if analysis.boundaries is not None:
+        lines += ["", *boundary.markdown(analysis.boundaries, analysis.boundary_tests, analysis.options.boundary,
+                                        analysis.boundary_log, analysis.alpha)]
     return "\n".join(lines) + "\n"
 
 
+def _ratio(row) -> str:
+    """A log-scale comparison as a geometric-mean ratio with its interval."""
+    if not inference.finite(row["mean_diff"]):
+        return "–"
+    text = f"{math.exp(row['mean_diff']):.2f}×"
+    if inference.finite(row["ci_low"]) and inference.finite(row["ci_high"]):
+        text += f" [{math.exp(row['ci_low']):.2f}, {math.exp(row['ci_high']):.2f}]"
+    return text
+
+
+def cap_notes(analysis: Analysis, cond: pd.DataFrame) -> list[str]:
+    """Conditions whose relaxation stopped at its step cap unconverged, with the budget to try."""
+    notes = []
+    for c, (_, r) in zip(analysis.conditions, cond.iterrows()):
+        config = c.runs[0].config
+        t1, t2, tol = config.get("ep.T1"), config.get("ep.T2"), config.get("ep.tol")
+        if tol is not None and inference.finite(r["capped"]) and r["capped"] > 0:
+            notes.append(f"- {r['condition']}: a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above "
+                         f"ep.tol={tol:g} "
+                         f"in {100 * r['capped']:.1f}% of training batches (phases took {md_num(r['free_steps'], 0)} "
+                         f"free and {md_num(r['nudged_steps'], 0)} nudged steps on average): raise ep.T1/ep.T2 "
+                         f"(say ep.T1={4 * t1} ep.T2={4 * t2}) for the ratio of steps to be exact, not a lower bound")
+        elif tol is None and max(r["test_unconverged"] or 0, r["nudged_unconverged"] or 0) > 0.5:
+            notes.append(f"- {r['condition']}: most samples end a phase above the residual tolerance after its fixed "
+                         f"{t1}/{t2} steps (free {md_num(r['test_unconverged'], 2)}, nudged "
+                         f"{md_num(r['nudged_unconverged'], 2)}): relax to a tolerance (ep.tol=1e-3 "
+                         f"ep.T1={max(10 * t1, 1000)} ep.T2={max(10 * t2, 1000)}) to compare converged dynamics")
+    return notes
+
+
 def _scaled(value, endpoint: str) -> str:
-    return _num(value, 1 if endpoint in POINTS or endpoint == "relaxation_steps" else 3)
+    return md_num(value, 1 if endpoint in POINTS or endpoint == "relaxation_steps" else 3)
 
 
 def robustness_markdown(analysis: Analysis) -> str:
     rob, tests = analysis.robustness, analysis.robust_tests
     lines = [f"### Robustness map over {', '.join(analysis.options.robust)}", "",
-             f"A run *trains* if its late accuracy reaches {analysis.options.train_threshold:g} and it never "
-             "collapses; a cell trains if at least half of its runs do.", ""]
+             f"A run *trains* as the header says ({trained_text(analysis)}); a cell trains if at least half of its "
+             "runs do.", ""]
     summary = rob.groupby("dt").agg(cells=("cell", "count"), cells_train=("cell_trains", "sum"),
                                     runs=("runs", "sum"), trained_runs=("trained_runs", "sum")).reset_index()
-    lines += _table(["dt condition", "cells that train", "runs that train"],
+    lines += md_table(["dt condition", "cells that train", "runs that train"],
                     [[r["dt"], f"{int(r['cells_train'])} of {int(r['cells'])}",
-                      f"{int(r['trained_runs'])} of {int(r['runs'])} ({100 * r['trained_runs'] / max(r['runs'], 1):.0f}%)"]
+                      f"{int(r['trained_runs'])} of {int(r['runs'])} "
+                      f"({100 * r['trained_runs'] / max(r['runs'], 1):.0f}%)"]
                      for _, r in summary.iterrows()])
     if len(tests):
         lines += ["", "Trained or not, paired by (cell, seed) against the baseline: exact McNemar, Holm over "
                       "these conditions.", ""]
-        lines += _table(["dt condition", "pairs", "trained (cond / base)", "p (McNemar)", "p (Holm)", "verdict"],
-                        [[r["dt"], str(r["pairs"]), f"{_num(r['trained_rate'], 0, True)}% / "
-                          f"{_num(r['baseline_trained_rate'], 0, True)}%", _p(r["p_mcnemar"]), _p(r["p_holm"]),
+        lines += md_table(["dt condition", "pairs", "trained (cond / base)", "p (McNemar)", "p (Holm)", "verdict"],
+                        [[r["dt"], str(r["pairs"]), f"{md_num(r['trained_rate'], 0, True)}% / "
+                          f"{md_num(r['baseline_trained_rate'], 0, True)}%", md_p(r["p_mcnemar"]), md_p(r["p_holm"]),
                           r["verdict"]] for _, r in tests.iterrows()])
     return "\n".join(lines)
 
@@ -234,13 +303,15 @@ def compact(analysis: Analysis) -> str:
     for cond in analysis.conditions:
         t = cond.table
         d = inference.describe(cond.metric(m))
-        shown = _interval(d["mean"], d["ci_low"], d["ci_high"], signed=False) if d["n"] else "–"
+        shown = md_interval(d["mean"], d["ci_low"], d["ci_high"], signed=False) if d["n"] else "–"
         label = cond.label if len(cond.label) <= 44 else cond.label[:41] + "..."
         lines.append(f"{label:<44} {d['n']:>5} {shown:>24} {int(cond.finished['collapse'].fillna(False).sum()):>9} "
-                     f"{int((t['status'] == Status.DIVERGED).sum()):>8} {int((t['status'] == Status.INTERRUPTED).sum()):>11} "
+                     f"{int((t['status'] == Status.DIVERGED).sum()):>8} "
+                     f"{int((t['status'] == Status.INTERRUPTED).sum()):>11} "
                      f"{int((t['status'] == Status.FAILED).sum()):>6}")
     if analysis.set_aside:
-        lines.append(f"set aside {len(analysis.set_aside)} repeated run(s) of a seed: {', '.join(str(a) for a, _ in analysis.set_aside)}")
+        aside = ", ".join(str(a) for a, _ in analysis.set_aside)
+        lines.append(f"set aside {len(analysis.set_aside)} repeated run(s) of a seed: {aside}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,188 @@
+"""Stability boundaries (``hets-ep report SWEEP_DIR --boundary KEY``): where training starts to fail
+along a stress axis, per condition, and how far a condition moves that edge.
+
+The stress is one varying key — noise σ (``dynamics.noise``), ``ep.beta``, a learning-rate scale
+(``optimizer.lr_scale``), ``dt.mean``, ``ep.T1``, or depth (``model.hidden``: a list, whose
+length is the stress). Runs are grouped into *curves*: the conditions the report would form
+with the stress left out, each with its runs at every stress level and seed. Per curve: the
+share of runs that train at each level, the logistic fit of P(train) in the stress (or its
+logarithm: ``--boundary-scale``), the **boundary** (the stress at P = 0.5) with a percentile
+bootstrap interval over seeds (each seed resampled with all its runs), and whether the runs
+were separated (:func:`hets_ep.report.inference.fit_boundary`). Each curve is compared with its
+baseline curve (the report's ``--baseline`` and ``--match`` rules): the paired difference of
+boundaries (on the log scale, the log of their ratio), resampling the shared seeds jointly, its
+interval and bootstrap p, Holm over the curves compared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hets_ep.errors import HetsEpError
+from hets_ep.report import inference
+from hets_ep.report.runs import Condition, label, pairings, varying_keys
+
+if TYPE_CHECKING:
+    from hets_ep.report.analysis import ReportOptions
+
+SCALES = ("auto", "log", "linear")
+
+
+def stress_value(value) -> float:
+    """A stress as a number: the value itself, or the length of a list (depth of ``model.hidden``)."""
+    if isinstance(value, (list, tuple)):
+        return float(len(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HetsEpError(f"--boundary: {value!r} is not a number; the stress axis must be numeric (or a list, "
+                          "whose length is the stress)")
+    return float(value)
+
+
+def use_log(stresses: Sequence[float], scale: str) -> bool:
+    """Whether the fit is in log stress: asked for, or (``auto``) when every stress is positive."""
+    positive = min(stresses) > 0
+    if scale == "log" and not positive:
+        raise HetsEpError(f"--boundary-scale log: the stress grid holds {min(stresses):g}, which has no logarithm; "
+                          "use --boundary-scale linear")
+    return scale == "log" or (scale == "auto" and positive)
+
+
+def curves(conditions: Sequence[Condition], key: str) -> list[Condition]:
+    """The conditions with the stress ``key`` left out, each holding its runs at every level
+    (its table with a ``stress`` column)."""
+    runs = [r for c in conditions for r in c.runs]
+    varying = varying_keys(runs, leave_out=(key,))
+    by_values: dict[tuple, list[Condition]] = {}
+    for cond in conditions:
+        if key not in cond.values:
+            raise HetsEpError(f"--boundary {key}: does not vary between these runs")
+        by_values.setdefault(tuple(repr(cond.values.get(k)) for k in varying), []).append(cond)
+    out = []
+    for members in by_values.values():
+        tables = [c.table.assign(stress=stress_value(c.values[key])) for c in members]
+        curve = Condition({k: members[0].values.get(k) for k in varying}, [r for c in members for r in c.runs],
+                          pd.concat(tables, ignore_index=True))
+        curve.label = label(curve, varying)
+        out.append(curve)
+    return out
+
+
+def _data(curve: Condition) -> pd.DataFrame:
+    """The curve's finished runs: seed, stress, trained."""
+    done = curve.finished.dropna(subset=["trained"])
+    return pd.DataFrame({"seed": done["seed"].to_numpy(), "stress": done["stress"].astype(float).to_numpy(),
+                         "trained": done["trained"].astype(bool).to_numpy()})
+
+
+def analyse(conditions: Sequence[Condition], options: ReportOptions) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """``(per-curve table, per-comparison table, fitted in log stress)``."""
+    key = options.boundary
+    lines = curves(conditions, key)
+    stresses = sorted({s for c in lines for s in c.table["stress"]})
+    log = use_log(stresses, options.boundary_scale)
+    rows = []
+    for curve in lines:
+        data = _data(curve)
+        fit = inference.fit_boundary(data["stress"], data["trained"], log)
+        low, high, found = inference.boundary_interval(data, log, options.seed)
+        levels = data.groupby("stress")["trained"].agg(["mean", "size"])
+        rows.append({"condition": curve.label, "keys": curve.keys_text(), "key": key, "runs": len(data),
+                     "seeds": data["seed"].nunique(), "boundary": fit.boundary, "ci_low": low, "ci_high": high,
+                     "resamples_found": found, "slope": fit.slope, "intercept": fit.intercept,
+                     "separated": fit.separated, "scale": "log" if log else "linear",
+                     "position": _position(fit, data),
+                     "trained_by_level": " ".join(f"{s:g}:{100 * m:.0f}%/{n}" for s, (m, n) in levels.iterrows())})
+    table = pd.DataFrame(rows)
+    tests = []
+    for pair in pairings(lines, "dt.dist=scalar" if options.baseline == "best" else options.baseline, options.match,
+                         options.metric):
+        if pair.baseline is None:
+            continue
+        diff = inference.boundary_difference(_data(pair.condition), _data(pair.baseline), log, options.seed)
+        tests.append({"condition": pair.condition.label, "baseline": pair.baseline.label,
+                      "scale": "log ratio" if log else "difference", **diff})
+    frame = pd.DataFrame(tests)
+    if len(frame):
+        frame["p_holm"] = inference.holm([p if inference.finite(p) else None for p in frame["p"]], options.alpha)
+        frame["verdict"] = [_verdict(r, options.alpha) for r in frame.itertuples()]
+    return table, frame, log
+
+
+def _position(fit: inference.Boundary, data: pd.DataFrame) -> str:
+    if fit.boundary is not None:
+        return "on the grid" if data["stress"].min() <= fit.boundary <= data["stress"].max() else "off the grid"
+    return "every run trains" if data["trained"].all() else "no run trains"
+
+
+def _verdict(row, alpha: float) -> str:
+    if not inference.finite(row.p):
+        return "no boundary to compare"
+    if inference.finite(row.p_holm) and row.p_holm < alpha:
+        return "boundary at higher stress" if row.difference > 0 else "boundary at lower stress"
+    return "trend (not after Holm)" if row.p < alpha else "no evidence"
+
+
+def markdown(table: pd.DataFrame, tests: pd.DataFrame, key: str, log: bool, alpha: float) -> list[str]:
+    """The report's section on the boundaries."""
+    from hets_ep.report.tables import md_interval, md_p, md_table
+
+    lines = [f"### Stability boundaries along {key}", "",
+             f"P(train) against {key} per condition, a logistic fit in "
+             f"{'log ' if log else ''}{key} (statsmodels GLM, binomial; a weak ridge penalty on the slope where the "
+             f"runs are separated); the boundary is the {key} at P = 0.5, with a 95% percentile bootstrap interval "
+             "over seeds (each resampled with all its runs).", ""]
+    lines += md_table(["condition", "runs (seeds)", "trained by level (share/runs)", f"boundary {key} [95% CI]",
+                     "separated", "position"],
+                    [[r["condition"], f"{r['runs']} ({r['seeds']})", r["trained_by_level"],
+                      md_interval(r["boundary"], r["ci_low"], r["ci_high"], 4, signed=False), "yes" if r["separated"]
+                      else "no", r["position"]] for _, r in table.iterrows()])
+    if len(tests):
+        what = "log of the ratio of boundaries" if log else "difference of boundaries"
+        lines += ["", f"Boundary shift, condition against baseline ({what}; shared seeds resampled jointly; "
+                      f"bootstrap p; Holm over these comparisons at α = {alpha:g}):", ""]
+        lines += md_table(["condition", "baseline", "seeds", "shift [95% CI]", *(["ratio"] if log else []),
+                         "p (bootstrap)", "p (Holm)", "verdict"],
+                        [[r["condition"], r["baseline"], str(r["seeds"]),
+                          md_interval(r["difference"], r["ci_low"], r["ci_high"], 3),
+                          *([f"{np.exp(r['difference']):.2f}×" if inference.finite(r["difference"]) else "–"]
+                            if log else []), md_p(r["p"]), md_p(r["p_holm"]), r["verdict"]]
+                         for _, r in tests.iterrows()])
+    return lines
+
+
+def figure(out, table: pd.DataFrame, lines: Sequence[Condition], key: str, log: bool) -> str:
+    """P(train) against the stress, per curve: the share at each level and the fitted curve."""
+    from hets_ep import plotting
+    from hets_ep.report.figures import colour
+
+    plt = plotting.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles = iter(["-", "--", ":", "-."] * 8)
+    for curve, (_, row) in zip(lines, table.iterrows()):
+        data = _data(curve)
+        shares = data.groupby("stress")["trained"].mean()
+        style = next(styles)
+        ax.plot(shares.index, shares.to_numpy(), "o", color=colour(curve), ms=5)
+        grid = np.geomspace(shares.index.min(), shares.index.max(), 200) if log else \
+            np.linspace(shares.index.min(), shares.index.max(), 200)
+        if inference.finite(row["slope"]):
+            x = np.log(grid) if log else grid
+            edge = f"{row['boundary']:.3g}" if inference.finite(row["boundary"]) else "–"
+            ax.plot(grid, 1 / (1 + np.exp(-(row["intercept"] + row["slope"] * x))), style, color=colour(curve),
+                    label=f"{curve.label}: boundary {edge}")
+        if inference.finite(row["ci_low"]):
+            ax.plot([row["ci_low"], row["ci_high"]], [0.5, 0.5], color=colour(curve), lw=3, alpha=0.5)
+    if log:
+        ax.set_xscale("log")
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(key)
+    ax.set_ylabel("share of runs that train")
+    ax.set_title("P(train): share per level (dots), logistic fit (lines), boundary 95% CI (bar at 0.5)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    plotting.save(fig, out / "boundary.png")
+    return "boundary.png"

@@ -1,0 +1,90 @@
+"""Stability boundaries: P(train) against a stress axis, the boundary with its interval, and the
+paired shift between conditions — recovered from runs with a known boundary, and equal to
+statsmodels' fit on the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from hets_ep.report import ReportOptions, analyse, build_report
+from hets_ep.report import inference
+from test_report import _fake_run
+
+LEVELS = (0.005, 0.01, 0.02, 0.04, 0.08)
+
+
+def _trains(rng, stress: float, boundary: float, slope: float = 4.0) -> bool:
+    """A run at ``stress`` trains with the logistic probability of a curve with this boundary."""
+    return rng.random() < 1 / (1 + np.exp(slope * (np.log(stress) - np.log(boundary))))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Scalar dt fails above noise σ ≈ 0.02, lognormal above σ ≈ 0.04; 20 seeds at 5 levels."""
+    root = tmp_path_factory.mktemp("boundary")
+    rng = np.random.default_rng(1)
+    for seed in range(20):
+        for sigma in LEVELS:
+            for dist, edge in (("scalar", 0.02), ("lognormal", 0.04)):
+                accs = [0.9, 0.95, 0.96] if _trains(rng, sigma, edge) else [0.1, 0.1, 0.11]
+                extra = {"dt.dist": "lognormal", "dt.cv": 0.5} if dist == "lognormal" else {}
+                _fake_run(root / f"{dist}{seed}_{sigma}", seed, accs, **{"dynamics.noise": sigma}, **extra)
+    return root
+
+
+@pytest.mark.slow  # 200 runs' records and 4,000 bootstrap fits (CI runs it)
+def test_known_boundaries_are_recovered_and_their_shift_found(runs, tmp_path):
+    out = tmp_path / "report"
+    text = build_report([runs], out, ReportOptions(boundary="dynamics.noise"))
+    table = pd.read_csv(out / "boundaries.csv").set_index("condition")
+    scalar = table.loc[[c for c in table.index if c.startswith("scalar")][0]]
+    lognormal = table.loc[[c for c in table.index if c.startswith("lognormal")][0]]
+    assert scalar["scale"] == "log" and len(table) == 2
+    assert 0.014 < scalar["boundary"] < 0.028 and scalar["ci_low"] < 0.02 < scalar["ci_high"]
+    assert 0.028 < lognormal["boundary"] < 0.056 and lognormal["ci_low"] < 0.04 < lognormal["ci_high"]
+    shift = pd.read_csv(out / "boundary_tests.csv").iloc[0]
+    assert shift["seeds"] == 20 and shift["difference"] == pytest.approx(np.log(lognormal["boundary"] /
+                                                                                 scalar["boundary"]))
+    assert shift["ci_low"] > 0 and shift["p_holm"] < 0.05 and shift["verdict"] == "boundary at higher stress"
+    assert "### Stability boundaries along dynamics.noise" in text and "boundary at higher stress" in text
+    assert (out / "boundary.png").stat().st_size > 10_000
+
+
+def test_the_fit_is_statsmodels_logistic_regression_on_the_same_numbers():
+    rng = np.random.default_rng(0)
+    stress = np.repeat(LEVELS, 30)
+    trained = np.array([_trains(rng, s, 0.03, slope=2.0) for s in stress])
+    assert not inference.separated(np.log(stress), trained)
+    fit = inference.fit_boundary(stress, trained, log=True)
+    reference = sm.GLM(trained.astype(float), sm.add_constant(np.log(stress)), family=sm.families.Binomial()).fit()
+    b0, b1 = reference.params
+    assert (fit.intercept, fit.slope) == pytest.approx((b0, b1), rel=1e-6)
+    assert fit.boundary == pytest.approx(np.exp(-b0 / b1), rel=1e-6)
+    linear = inference.fit_boundary(stress, trained, log=False)
+    reference = sm.GLM(trained.astype(float), sm.add_constant(stress), family=sm.families.Binomial()).fit()
+    assert linear.boundary == pytest.approx(-reference.params[0] / reference.params[1], rel=1e-6)
+
+
+def test_separated_runs_put_the_boundary_between_the_last_failing_and_first_training_level():
+    stress = np.repeat(LEVELS, 10)
+    trained = stress < 0.03
+    fit = inference.fit_boundary(stress, trained, log=True)
+    assert fit.separated and 0.02 < fit.boundary < 0.04
+    assert fit.boundary == pytest.approx(np.sqrt(0.02 * 0.04), rel=0.05)  # the geometric midpoint, by symmetry
+    every = inference.fit_boundary(stress, np.ones_like(trained), log=True)
+    assert every.boundary is None and every.slope is None
+
+
+def test_a_grid_holding_zero_cannot_use_the_logarithm(tmp_path):
+    from hets_ep.errors import HetsEpError
+
+    for seed in range(3):
+        for sigma in (0.0, 0.04):
+            _fake_run(tmp_path / f"{seed}_{sigma}", seed, [0.9, 0.9, 0.9 if sigma == 0 else 0.1],
+                      **{"dynamics.noise": sigma})
+    with pytest.raises(HetsEpError, match="the stress grid holds 0, which has no logarithm"):
+        analyse([tmp_path], ReportOptions(boundary="dynamics.noise", boundary_scale="log"))
+    assert not analyse([tmp_path], ReportOptions(boundary="dynamics.noise")).boundary_log  # auto: linear
