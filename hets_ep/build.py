@@ -10,17 +10,21 @@ Building writes nothing and leaves the arrays on the default device (placement i
 from __future__ import annotations
 
 import dataclasses
+import logging
 
+import jax
 import numpy as np
 import optax
 
-from hets_ep import optim, seeding, steps
+from hets_ep import fused, optim, seeding, steps
 from hets_ep.config import Config
 from hets_ep.data import Dataset, load_dataset, validation_split
 from hets_ep.errors import ConfigError
 from hets_ep.models import Network
 from hets_ep.models.network import State
 from hets_ep.timeconstants import sample_dt
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -52,6 +56,8 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     """Everything a run of ``cfg`` computes with, before its first step (``data``: already
     loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
     so the training split need not hold a batch)."""
+    cfg, backend = fused.resolve(cfg, jax.default_backend())
+    log.info("%s", backend)
     d = cfg.dataset
     data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
     seeds = [cfg.seed + i for i in range(cfg.train.parallel_seeds)]

@@ -33,6 +33,7 @@ from hets_ep.data.registry import NAMES as DATASETS
 from hets_ep.dynamics import DIAGNOSTIC_WINDOW, INTEGRATORS, NOISE_MODES
 from hets_ep.dynamics import UPDATE_ORDERS
 from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS, HOLOMORPHIC
+from hets_ep.fused import BACKENDS
 from hets_ep.errors import ConfigError
 from hets_ep.models import ACTIVATIONS, Network, build_network
 from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS, n_state_layers
@@ -130,6 +131,7 @@ class ModelConfig:
     activation: str = key("hard_sigmoid")
     loss: str = key("mse")          # mse on the output layer, or ce through a softmax read-out
     dynamics: str = key("leaky")    # leaky: s += dt (σ(∂Φ/∂s) − s); energy: s -= dt ∂E/∂s
+    skip: int = key(0)              # K ≥ 2: each state layer also joined to the one K below (MLP; 0: none)
 
     def __post_init__(self):
         _choice("model.arch", self.arch, ARCHITECTURES)
@@ -140,13 +142,22 @@ class ModelConfig:
         key, layers = ("model.hidden", self.hidden) if self.arch == "mlp" else ("model.channels", self.channels)
         _check(bool(layers) and min(layers) >= 1 and max(layers) <= MAX_WIDTH, key,
                f"must list at least one layer size in [1, {MAX_WIDTH}], got {list(layers)}")
+        _count("model.skip", self.skip, low=0, high=MAX_WIDTH)
+        if self.skip:
+            _check(self.arch == "mlp", "model.skip", f"skip connections are built for model.arch=mlp (this model is "
+                                                     f"{self.arch}); set model.skip=0")
+            _check(self.skip >= 2, "model.skip", "1 would join each layer to the one below it again: use 2 or more "
+                                                 "(0: no skip connections)")
+            room = f"use 2 to {self.state_layers - 1}" if self.state_layers > 2 else "add hidden layers"
+            _check(self.skip < self.state_layers, "model.skip",
+                   f"{self.skip} joins no two of the model's {self.state_layers} state layers: {room}")
         _count("model.kernel", self.kernel, high=MAX_WIDTH)
         _count("model.padding", self.padding, low=0, high=MAX_WIDTH)
 
     def build(self, n_out: int) -> Network:
         return build_network(self.arch, n_out, hidden=self.hidden, channels=self.channels, kernel=self.kernel,
                              padding=self.padding, pool=self.pool, activation=self.activation, loss=self.loss,
-                             dynamics=self.dynamics)
+                             dynamics=self.dynamics, skip=self.skip)
 
     @property
     def state_layers(self) -> int:
@@ -205,11 +216,13 @@ class DynamicsConfig:
     noise: float = key(0.0)         # σ of the state noise (0: none)
     noise_mode: str = key("step")   # step: σ on the local field each step; sde: σ√dt on the state
     noise_eval: bool = key(False)   # noise in evaluation too (training always has it when σ > 0)
+    backend: str = key("scan", condition=False)  # scan | fused (a phase per kernel launch) | auto
 
     def __post_init__(self):
         _choice("dynamics.integrator", self.integrator, INTEGRATORS)
         _choice("dynamics.update_order", self.update_order, UPDATE_ORDERS)
         _choice("dynamics.noise_mode", self.noise_mode, NOISE_MODES)
+        _choice("dynamics.backend", self.backend, BACKENDS)
         _number("dynamics.noise", self.noise, low=0)
 
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from hets_ep import fused
 from hets_ep.models.network import Network, State
 
 if TYPE_CHECKING:
@@ -174,7 +175,9 @@ def relax(net: Network, params, drive: jax.Array, s: State, dt: State, steps: in
       s: initial state, a tuple of ``(B, …)`` arrays (real, or complex for a complex ``beta``).
       dt: per-neuron time steps, a tuple of arrays broadcastable to one sample's layers.
       steps: number of steps T (static, ≥ 1); with ``tol``, the most steps taken.
-      dynamics: integrator, update order and noise (static; :class:`hets_ep.config.DynamicsConfig`).
+      dynamics: integrator, update order, noise and backend (static; :class:`hets_ep.config.DynamicsConfig`;
+        with ``backend="fused"`` the noise-free stretches of real states run as one Pallas kernel
+        per batch tile, :mod:`hets_ep.fused`).
       beta: nudging strength (traced, so ±β share one compilation), or None.
       y: integer labels ``(B,)``, needed when ``beta`` is given.
       noise_key: the key of this phase's noise; None (or ``dynamics.noise == 0``): no noise.
@@ -198,6 +201,9 @@ def relax(net: Network, params, drive: jax.Array, s: State, dt: State, steps: in
         return step(net, params, drive, state, rate, dynamics.update_order, beta, y, state_noise=noise)
 
     def plain(state: State, n: int, t0) -> State:
+        if n and dynamics.backend == "fused" and fused.applies(state, noisy):
+            return fused.steps(net, params, drive, state, rate, n, dynamics.update_order, beta, y)
+
         def body(carry, _):
             state, t = carry
             return (advance(state, t)[0], t + 1), None

@@ -84,6 +84,7 @@ def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
         raise HetsEpError(f"dataset {cfg.dataset.name} has {other[1]} classes of {other[0]} images; the run was "
                           f"trained on {own[1]} classes of {own[0]}")
     run = build_run(cfg, evaluation=True)
+    cfg = run.cfg  # its relaxation backend resolved
     checkpoints = Checkpoints(run_dir / record.CHECKPOINTS)
     try:
         restored = checkpoints.restore_latest({"state": run.state}) if checkpoints.steps() else None

@@ -74,6 +74,7 @@ def gradcheck(cfg: Config, run_dir: Path) -> dict:
     includes the free phase's residuals. Prints a table and returns the report.
     """
     run = build_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, parallel_seeds=1)))
+    cfg = run.cfg  # its relaxation backend resolved
     net, params, dt = run.net, steps.member(run.state.params, 0), steps.member(run.state.dt, 0)
     n = cfg.gradcheck.batch_size
     x, y = jnp.asarray(run.data.x_train[:n]), jnp.asarray(run.data.y_train[:n])

@@ -21,13 +21,18 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 
 
+SKIP_PREFIX = "skips_"
+
+
 def layer_names(params) -> list[str]:
-    """Top-level layer names of a parameter tree, input side first (``layers_0``, …, ``dense``)."""
+    """Top-level layer names of a parameter tree, input side first (``layers_0``, …, ``dense``);
+    skip connections (``skips_layers_2``) are not layers of their own: they take the rate of the
+    layer they feed."""
     def order(name: str):
         stem, _, index = name.rpartition("_")
         return (name == "dense", stem, int(index) if index.isdigit() else 0)
 
-    return sorted(params["params"], key=order)
+    return sorted((n for n in params["params"] if not n.startswith(SKIP_PREFIX)), key=order)
 
 
 def layer_count(model: ModelConfig) -> int:
@@ -66,7 +71,8 @@ def build(cfg: OptimizerConfig, params, steps_per_epoch: int, epochs: int) -> op
             return optax.adam(rate)
         return optax.sgd(rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
 
-    labels = {"params": {name: jax.tree.map(lambda _: name, params["params"][name]) for name in layers}}
+    labels = {"params": {name: jax.tree.map(lambda _: name.removeprefix(SKIP_PREFIX), tree)
+                         for name, tree in params["params"].items()}}
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                        optax.multi_transform({n: per_layer(r) for n, r in zip(layers, layer_rates(cfg, params))},
                                              labels))

@@ -83,13 +83,13 @@ class Trainer:
         self.state = self.place.members(run.state)
         d = cfg.dataset
         redraw = functools.partial(permute, per=cfg.dt.per) if cfg.dt.redraw == "batch" else None
-        tol = cfg.stability.residual_tol
-        self.train_step = steps.make_train_step(self.net, cfg.ep, cfg.dynamics, self.tx, cfg.stability, redraw)
-        self.eval_step = steps.make_eval_step(self.net, cfg.ep, cfg.dynamics, tol)
-        self.val_step = steps.make_eval_step(self.net, cfg.ep, cfg.dynamics, tol, shared=False) if d.val_size else None
-        self.spectral = (steps.make_spectral_probe(self.net, cfg.ep, cfg.dynamics, cfg.stability.spectral_iters)
+        tol, dynamics = cfg.stability.residual_tol, run.cfg.dynamics  # its backend resolved
+        self.train_step = steps.make_train_step(self.net, cfg.ep, dynamics, self.tx, cfg.stability, redraw)
+        self.eval_step = steps.make_eval_step(self.net, cfg.ep, dynamics, tol)
+        self.val_step = steps.make_eval_step(self.net, cfg.ep, dynamics, tol, shared=False) if d.val_size else None
+        self.spectral = (steps.make_spectral_probe(self.net, cfg.ep, dynamics, cfg.stability.spectral_iters)
                          if cfg.stability.spectral_iters else None)
-        self.probe = gradient_probe(self.net, cfg, self.data.x_train, self.data.y_train) \
+        self.probe = gradient_probe(self.net, run.cfg, self.data.x_train, self.data.y_train) \
             if cfg.stability.gradcheck_every and cfg.ep.estimator != "bptt" else None
         self.checkpoints: Checkpoints | None = None
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0

@@ -102,5 +102,8 @@ def test_the_gpu_section_runs_and_writes_its_figures(tmp_path):
 
     main(["--gpu", "--quick", "--repeats", "1", "--out", str(tmp_path / "gpu.json")])
     figures = json.loads((tmp_path / "gpu.json").read_text())["workloads"]
-    assert figures["mlp 784-512-10 b128"]["samples_per_s"] > 0
+    scan, fused = figures["mlp 784-512-10 b128, scan"], figures["mlp 784-512-10 b128, fused"]
+    for row in (scan, fused):  # one-sided EP, T1 30, T2 10: 40 relaxation steps a batch
+        assert row["step_s"] == pytest.approx(row["batch_s"] / 40) and row["samples_per_s"] == pytest.approx(
+            128 / row["batch_s"])
     assert figures["large-step preset b20 × 8 seeds"]["seed_samples_per_s"] > 0

@@ -213,3 +213,31 @@ def test_gradcheck_warns_when_beta_is_outside_the_estimators_accurate_region(bat
         warned = any("outside the region where holomorphic EP is accurate" in w for w in _why_not_exact(cfg, report))
         assert warned == (moved[beta] > REFINED)
     assert moved[0.5] > REFINED > moved[0.1], moved
+
+
+@pytest.mark.slow  # 3,000-step phases on a 4-hidden-layer network (CI runs it)
+def test_skip_connections_join_phi_and_ep_still_matches_bptt_on_a_deep_network(batch):
+    """A 4-hidden-layer MLP with skips (model.skip=2): the skip terms move the free fixed point
+    (a test that fails if they were ignored), and symmetric EP matches BPTT on every tensor,
+    the skip weights included (converged phases, smooth activation, small β). The skips bring
+    slow modes: at 600 steps the residual is already ~1e-5 but EP and BPTT still differ (cosine
+    0.74); 3,000 steps per phase settle them."""
+    from hets_ep.dynamics import relax
+
+    x, y = jnp.asarray(batch[0][:16]), jnp.asarray(batch[1][:16])
+    net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.5), hidden=(32, 32, 32, 32), skip=2,
+                            activation="steep_sigmoid")
+    assert {"skips_layers_2", "skips_layers_3", "skips_layers_4"} <= set(params["params"])
+    phases = EPConfig("symmetric", beta=0.01, T1=3000, T2=3000)
+    drive = net.drive(params, x)
+    zeros = tuple(jnp.zeros((x.shape[0], *d.shape)) for d in dt)
+    with_skips = relax(net, params, drive, zeros, dt, phases.T1, SYNC, window=1)
+    cut = jax.tree_util.tree_map_with_path(
+        lambda path, a: jnp.zeros_like(a) if "skips" in jax.tree_util.keystr(path) else a, params)
+    without = relax(net, cut, drive, zeros, dt, phases.T1, SYNC, window=1)
+    assert max(float(with_skips.fp_residual.max()), float(without.fp_residual.max())) < 1e-6
+    assert float(jnp.max(jnp.abs(with_skips.state[-1] - without.state[-1]))) > 1e-2
+    report = _compare(net, params, x, y, dt, phases, ("symmetric",))
+    cosines = {name: v["cosine"] for name, v in report["estimators"]["symmetric"].items()}
+    assert {"skips_layers_2/kernel", "skips_layers_4/kernel"} <= set(cosines)
+    assert min(cosines.values()) >= 0.99, cosines

@@ -327,17 +327,29 @@ def speed() -> dict:
 
 
 def gpu(repeats: int = 5, quick: bool = False) -> dict:
-    """The GPU section: workload 1 at batch 128 and 1024, 8 and 64 seeds of the large-step
-    workload at batch 20, the ConvNet at batch 128 (``quick``: batch 128 and 8 seeds only)."""
-    out = {"device": provenance.versions()["device"], "versions": provenance.versions(), "workloads": {}}
+    """The GPU section: for workload 1 at batch 128 and 1024 (and the ConvNet), the training step
+    on the scan kernel and on the fused one (:mod:`hets_ep.fused`) — samples/s, time per batch and
+    per relaxation step, compiled memory; 8 and 64 seeds of the large-step workload at batch 20
+    in one program (``quick``: batch 128 and 8 seeds only). Whether XLA's command buffers (CUDA
+    graphs) are on is read from ``XLA_FLAGS`` and recorded: ``scripts/gpu_bench.sh`` runs the
+    section with and without them."""
+    out = {"device": provenance.versions()["device"], "versions": provenance.versions(),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "workloads": {}}
     names = ("mlp 784-512-10 b128",) if quick else ("mlp 784-512-10 b128", "mlp 784-512-10 b1024",
                                                     "convnet 32x32x3 b128")
     for name in names:
-        runner = Runner(WORKLOADS[name])
-        seconds = timeit(lambda: [runner.run() for _ in range(10)], repeats) / 10
-        batch = WORKLOADS[name].batch
-        out["workloads"][name] = {"samples_per_s": batch / seconds, "compile_s": runner.compile_s}
-        print(f"{name:<26} {batch / seconds:>12,.0f} samples/s", flush=True)
+        workload = WORKLOADS[name]
+        for backend in ("scan", "fused"):
+            runner = Runner(workload, dynamics=dataclasses.replace(workload.config.dynamics, backend=backend))
+            if runner.run_spec.cfg.dynamics.backend != backend:  # the fused kernel does not apply (ConvNet)
+                continue
+            seconds = timeit(lambda: [runner.run() for _ in range(10)], repeats) / 10
+            row = {"samples_per_s": workload.batch / seconds, "batch_s": seconds,
+                   "step_s": seconds / runner.steps_per_batch, "compile_s": runner.compile_s,
+                   "step_memory_bytes": runner.memory_bytes}
+            out["workloads"][f"{name}, {backend}"] = row
+            print(f"{name + ', ' + backend:<34} {row['samples_per_s']:>12,.0f} samples/s  "
+                  f"{1e6 * row['step_s']:8.2f} µs per relaxation step", flush=True)
     for k in (8,) if quick else (8, 64):
         rate = measure("large-step preset b20", k, 20)["seed_samples_per_s"]
         out["workloads"][f"large-step preset b20 × {k} seeds"] = {"seed_samples_per_s": rate}

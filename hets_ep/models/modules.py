@@ -35,20 +35,39 @@ def _flat(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+def skip_pairs(n_states: int, skip: int) -> list[tuple[int, int]]:
+    """``(from, to)`` state-layer indices (0-based) joined by a skip connection: every layer
+    ``to ≥ skip`` receives the state ``skip`` layers below it (none for ``skip = 0``)."""
+    return [(to - skip, to) for to in range(skip, n_states)] if skip else []
+
+
 class MLP(nn.Module):
-    """Fully connected layers ``hidden → … → n_out`` on flattened inputs."""
+    """Fully connected layers ``hidden → … → n_out`` on flattened inputs; with ``skip = K`` each
+    state layer ``l ≥ K`` is also joined to the state ``K`` layers below by its own weights
+    ``W_skip`` (no bias), adding ``s_l · (W_skip s_{l−K})`` to Φ (a Hopfield-ResNet-like energy,
+    Vinayak & Srinivasan 2025): the dynamics, every estimator and BPTT see it through Φ."""
 
     hidden: Sequence[int]
     n_out: int
     readout: bool
+    skip: int = 0
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        return tuple(self.hidden) if self.readout else (*self.hidden, self.n_out)
 
     def setup(self):
         self.layers = [_dense(n) for n in (*self.hidden, self.n_out)]
+        # named after the layer they feed (`skips_layers_2`): the optimizer gives them its rate
+        self.skips = {f"layers_{to}": nn.Dense(self.state_sizes[to], use_bias=False, kernel_init=_uniform_fan_in)
+                      for _, to in skip_pairs(len(self.state_sizes), self.skip)}
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
         h, states = _flat(x), []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             h = layer(h)
+            if f"layers_{i}" in self.skips:
+                h = h + self.skips[f"layers_{i}"](states[i - self.skip])
             states.append(h)
         return tuple(states[:-1]) if self.readout else tuple(states)
 
@@ -59,15 +78,20 @@ class MLP(nn.Module):
         phi = jnp.sum(s[0] * drive)
         for layer, below, above in zip(self.layers[1:], s[:-1], s[1:]):
             phi += jnp.sum(above * layer(below))
+        for source, to in skip_pairs(len(s), self.skip):
+            phi += jnp.sum(s[to] * self.skips[f"layers_{to}"](s[source]))
         return phi
 
     def logits(self, s: Sequence[jax.Array]) -> jax.Array:
         return self.layers[-1](s[-1]) if self.readout else s[-1]
 
     def flops(self, input_shape: Sequence[int]) -> list[float]:
-        """Matrix-product FLOPs of applying each layer once (forward) to one sample."""
+        """Matrix-product FLOPs of applying each layer once (forward) to one sample (the skip
+        connections last)."""
         sizes = [math.prod(input_shape), *self.hidden, self.n_out]
-        return [2.0 * a * b for a, b in zip(sizes[:-1], sizes[1:])]
+        states = self.state_sizes
+        return [2.0 * a * b for a, b in zip(sizes[:-1], sizes[1:])] + \
+            [2.0 * states[a] * states[b] for a, b in skip_pairs(len(states), self.skip)]
 
 
 class ConvNet(nn.Module):

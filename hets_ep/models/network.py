@@ -109,12 +109,12 @@ def n_state_layers(arch: str, hidden: Sequence[int], channels: Sequence[int], lo
 
 
 def build_network(arch: str, n_out: int, *, hidden: Sequence[int], channels: Sequence[int], kernel: int,
-                  padding: int, pool: str, activation: str, loss: str, dynamics: str) -> Network:
+                  padding: int, pool: str, activation: str, loss: str, dynamics: str, skip: int = 0) -> Network:
     """Build a :class:`Network` from plain values (the ``model`` config group, which holds the
     defaults: :meth:`hets_ep.config.ModelConfig.build`)."""
     readout = loss == "ce"
     if arch == "mlp":
-        module = MLP(hidden=tuple(hidden), n_out=n_out, readout=readout)
+        module = MLP(hidden=tuple(hidden), n_out=n_out, readout=readout, skip=skip)
     elif arch == "convnet":
         module = ConvNet(channels=tuple(channels), n_out=n_out, kernel=kernel, padding=padding, pool=pool,
                          readout=readout)
