@@ -52,21 +52,25 @@ def check_batch(cfg: Config, train_size: int) -> None:
                           f"{subset}{held}")
 
 
-def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = False) -> Run:
+def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = False,
+              members: list[Config] | None = None) -> Run:
     """Everything a run of ``cfg`` computes with, before its first step (``data``: already
     loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
-    so the training split need not hold a batch)."""
+    so the training split need not hold a batch). Its members are the seeds ``seed … seed+K−1``
+    of ``train.parallel_seeds = K``, or ``members``: configs that differ from ``cfg`` only in
+    their seed and dt draw (a fused sweep's jobs, :mod:`hets_ep.fused_sweep`)."""
     cfg, backend = fused.resolve(cfg, jax.default_backend())
     log.info("%s", backend)
     d = cfg.dataset
     data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
-    seeds = [cfg.seed + i for i in range(cfg.train.parallel_seeds)]
+    members = members or [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(cfg.train.parallel_seeds)]
+    seeds = [m.seed for m in members]
     splits = [validation_split(len(data.x_train), d.val_size, s) for s in seeds]
     if not evaluation:
         check_batch(cfg, len(splits[0][0]))
     steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
     net = cfg.model.build(data.classes)
-    dts = [sample_dt(s, cfg.dt, net.state_shapes(data.input_shape)) for s in seeds]
+    dts = [sample_dt(m.seed, m.dt, net.state_shapes(data.input_shape)) for m in members]
     first = net.init(seeding.key(seeds[0], "init"), data.input_shape)
     tx = optim.build(cfg.optimizer, first, steps_per_epoch, cfg.train.epochs)
     state = steps.init_state(net, tx, data.input_shape, seeds, [dt for dt, _ in dts], cfg.stability.spike_window)

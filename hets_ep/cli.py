@@ -16,7 +16,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep import __version__, job, preflight, record, signals, xla
+from hets_ep import __version__, fused_sweep, job, preflight, record, signals, xla
 from hets_ep.config import describe_options, register_schema
 from hets_ep.errors import HetsEpError
 from hets_ep.signals import RunInterrupted
@@ -49,11 +49,15 @@ def train_app(cfg: DictConfig) -> None:
     from hets_ep.train import train
 
     config, run_dir = job.configure(cfg)
-    job.prepare_jax(config)
+    fused = fused_sweep.members.get()
+    job.prepare_jax(config, members=len(fused) if fused else config.train.parallel_seeds)
     name = job.name()
-    for summary in train(config, run_dir, name):
-        where = run_dir if config.train.parallel_seeds == 1 else run_dir / f"seed_{summary.seed}"
-        log.info("%sseed %d %s: best %s accuracy %s after %d epochs; outputs in %s", f"{name}: " if name else "",
+    for k, summary in enumerate(train(config, run_dir, name, fused)):
+        if fused:
+            _, where, label = fused[k]
+        else:
+            label, where = name, run_dir if config.train.parallel_seeds == 1 else run_dir / f"seed_{summary.seed}"
+        log.info("%sseed %d %s: best %s accuracy %s after %d epochs; outputs in %s", f"{label}: " if label else "",
                  summary.seed, summary.status, summary.monitor, summary.best_acc, summary.epochs_completed, where)
 
 
@@ -62,7 +66,7 @@ def gradcheck_app(cfg: DictConfig) -> None:
     from hets_ep.gradcheck import gradcheck
 
     config, run_dir = job.configure(cfg)
-    job.prepare_jax(config)
+    job.prepare_jax(config, members=1)
     gradcheck(config, run_dir)
 
 
@@ -83,6 +87,8 @@ def _hydra_command(command: str, argv: list[str]) -> None:
         if plan.resumed is not None and cmd.value("resume") is True:  # the run found: continued in place
             plan.settings["resume"] = plan.resumed
         cmd.args.overrides += [f"{key}={_quoted(value)}" for key, value in plan.settings.items()]
+        if plan.launcher == "fused":
+            print("\n".join(fused_sweep.explain(plan.configs, fused_sweep.groups(plan.configs, plan.max_members))))
         if cmd.multirun:
             signals.stop.share(plan.directory / record.STOP)
             os.environ[job.SWEPT] = " ".join(cmd.swept)

@@ -34,15 +34,16 @@ def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def name() -> str:
+def name(number: int | None = None, overrides: list[str] | None = None) -> str:
     """In a sweep, ``job N (its values of the swept keys)``: the log lines of jobs side by side
-    say whose they are."""
-    if not in_sweep():
-        return ""
-    hc = HydraConfig.get()
+    say whose they are (this job's, or job ``number``'s with its ``overrides``)."""
+    if number is None:
+        if not in_sweep():
+            return ""
+        number, overrides = HydraConfig.get().job.num, HydraConfig.get().overrides.task
     swept = set(os.environ.get(SWEPT, "").split())
-    values = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
-    return f"job {hc.job.num}" + (f" ({' '.join(values)})" if values else "")
+    values = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return f"job {number}" + (f" ({' '.join(values)})" if values else "")
 
 
 def log_to_file(message: str) -> None:
@@ -84,15 +85,16 @@ def configure(cfg: DictConfig) -> tuple[Config, Path]:
     return validate(cfg), run_dir
 
 
-def prepare_jax(config: Config) -> None:
+def prepare_jax(config: Config, members: int) -> None:
     """Before JAX starts: one XLA thread per job when a sweep runs jobs side by side; the CPU
-    split into devices for parallel seeds; the compilation cache."""
+    split into devices for a program of several members (seeds, or a fused sweep's jobs); the
+    compilation cache."""
     from hets_ep.data.registry import cache_dir
 
     hc = HydraConfig.get()
     concurrent = hc.mode == RunMode.MULTIRUN and hc.launcher.get("n_jobs", 1) not in (None, 1)
     xla.configure(single_thread=concurrent,
-                  cpu_devices=1 if concurrent else xla.members_per_device(config.train.parallel_seeds))
+                  cpu_devices=1 if concurrent else xla.members_per_device(members))
     xla.enable_compilation_cache(cache_dir())
 
 

@@ -173,6 +173,8 @@ class Plan:
 
     configs: list[Config]
     directory: Path
+    launcher: Optional[str] = None     # hydra/launcher's choice
+    max_members: int = 64              # hydra/launcher=fused: the most jobs in one program
     resumed: Optional[Path] = None     # the run a single run continues in place (resume=…)
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # Hydra settings to add
 
@@ -191,7 +193,9 @@ def precheck(cmd: CommandLine) -> Plan:
             raise ConfigError(f"{message} (in the sweep's job {cmd.label(job)})" if cmd.swept else message) from None
         hydra_node = hydra_node or composed.hydra
     _check_launcher(hydra_node.runtime.choices.get("hydra/launcher"))
-    plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir))
+    launcher = hydra_node.runtime.choices.get("hydra/launcher")
+    plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir), launcher,
+                int(hydra_node.launcher.get("max_members", 64)))
     if cmd.multirun:
         plan.settings["hydra.sweep.dir"] = plan.directory
     else:

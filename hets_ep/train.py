@@ -49,6 +49,7 @@ class Member:
     """One seed of a run: its directory, training and validation examples, dt draw, rows, status."""
 
     seed: int
+    cfg: Config            # this member's own config (its seed and dt)
     dir: Path
     train_index: np.ndarray
     val_index: np.ndarray
@@ -71,14 +72,21 @@ class Trainer:
     """A training run writing into ``run_dir`` (the layout: :mod:`hets_ep.record`). Building
     one writes nothing; :meth:`fit` does."""
 
-    def __init__(self, cfg: Config, run_dir: Path, name: str = ""):
-        self.cfg, self.dir, self.name = cfg, Path(run_dir), name
-        run = build_run(cfg)
+    def __init__(self, cfg: Config, run_dir: Path, name: str = "",
+                 fused: list[tuple[Config, Path, str]] | None = None):
+        """``fused``: the jobs of a fused sweep trained as this run's members, each a config that
+        differs from ``cfg`` only in seed and dt, its own run directory and its job's label (the
+        shared checkpoints stay in ``run_dir``, the first job's)."""
+        self.cfg, self.dir, self.fused = cfg, Path(run_dir), bool(fused)
+        run = build_run(cfg, members=[c for c, _, _ in fused] if fused else None)
         self.data, self.net, self.steps_per_epoch = run.data, run.net, run.steps_per_epoch
         self.rates, self.tx, self.schedule = run.rates, run.tx, run.schedule
-        dirs = [self.dir] if len(run.seeds) == 1 else [self.dir / f"seed_{s}" for s in run.seeds]
-        self.members = [Member(s, dr, tr, va, dt, stats)
-                        for s, dr, (tr, va), (dt, stats) in zip(run.seeds, dirs, run.splits, run.dts)]
+        dirs = [d for _, d, _ in fused] if fused else [self.dir] if len(run.seeds) == 1 else \
+            [self.dir / f"seed_{s}" for s in run.seeds]
+        self.names = [label for _, _, label in fused] if fused else [name] * len(run.seeds)
+        configs = [c for c, _, _ in fused] if fused else [dataclasses.replace(cfg, seed=s) for s in run.seeds]
+        self.members = [Member(s, c, dr, tr, va, dt, stats)
+                        for s, c, dr, (tr, va), (dt, stats) in zip(run.seeds, configs, dirs, run.splits, run.dts)]
         self.place = Placement(len(run.seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
         self.state = self.place.members(run.state)
         d = cfg.dataset
@@ -130,7 +138,7 @@ class Trainer:
             timings = {"total_s": self.elapsed, "parallel_seeds": len(self.members),
                        "mean_epoch_s": stability.mean_or_none([r.epoch_time_s for r in member.rows]),
                        "samples_per_s": stability.mean_or_none([r.samples_per_s for r in member.rows])}
-            summaries.append(record.summarize(member.rows, own, member.seed, self.cfg, self.data.classes,
+            summaries.append(record.summarize(member.rows, own, member.seed, member.cfg, self.data.classes,
                                               dt=member.dt_stats, timings=timings, versions=provenance.versions(),
                                               runtime=provenance.job(), diverged_epoch=member.diverged_epoch))
             record.write_summary(member.dir, summaries[-1])
@@ -149,9 +157,9 @@ class Trainer:
         for one seed the config Hydra saved, or this one when trained from Python)."""
         for member in self.members:
             atomic.write_npz(member.dir / record.DT, **{f"layer{i}": d for i, d in enumerate(member.dt)})
-            if len(self.members) > 1 or not (member.dir / record.CONFIG).exists():
-                own = dataclasses.replace(self.cfg, seed=member.seed, resume=False,
-                                          train=dataclasses.replace(self.cfg.train, parallel_seeds=1))
+            if (len(self.members) > 1 and not self.fused) or not (member.dir / record.CONFIG).exists():
+                own = dataclasses.replace(member.cfg, resume=False,
+                                          train=dataclasses.replace(member.cfg.train, parallel_seeds=1))
                 atomic.write_text(member.dir / record.CONFIG, OmegaConf.to_yaml(OmegaConf.structured(own)))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -175,7 +183,7 @@ class Trainer:
             elif self.checkpoints.steps():
                 raise ConfigError(f"{self.dir} already holds checkpoints; pass resume=true to continue that run")
             self._write_setup()
-            self.trackers = loggers.Trackers([loggers.build(cfg, m.dir, m.seed, m.dt) for m in self.members])
+            self.trackers = loggers.Trackers([loggers.build(m.cfg, m.dir, m.seed, m.dt) for m in self.members])
             self._check_stop(time.perf_counter())
             while self.epoch < cfg.train.epochs and self.active:
                 self._epoch()
@@ -254,7 +262,7 @@ class Trainer:
             member.rows.append(row)
             self.trackers.send(k, "epoch", row)
             log.info("%sseed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",
-                     f"{self.name}: " if self.name else "", member.seed, row.epoch, row.train_acc,
+                     f"{self.names[k]}: " if self.names[k] else "", member.seed, row.epoch, row.train_acc,
                      f"val acc {row.val_acc:.4f}, " if va else "", row.test_acc, row.test_fp_residual,
                      row.samples_per_s * len(self.members))
         if test:
@@ -280,11 +288,13 @@ class Trainer:
         raise RunInterrupted(signum, self.dir)
 
 
-def train(cfg: Config, run_dir: Path, name: str = "") -> list[record.Summary]:
-    """Train one configuration into ``run_dir``; returns the summary of each seed. ``name``
-    prefixes its log lines (a sweep's job names its condition)."""
+def train(cfg: Config, run_dir: Path, name: str = "",
+          fused: list[tuple[Config, Path, str]] | None = None) -> list[record.Summary]:
+    """Train one configuration into ``run_dir`` (with ``fused``, a fused sweep's jobs as its
+    members: :class:`Trainer`); returns the summary of each member. ``name`` prefixes its log
+    lines (a sweep's job names its condition)."""
     with lock.run_lock(run_dir):
-        trainer = Trainer(cfg, run_dir, name)
+        trainer = Trainer(cfg, run_dir, name, fused)
         try:
             return trainer.fit()
         finally:
