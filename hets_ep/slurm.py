@@ -120,4 +120,5 @@ def requeued(run_dir: Path) -> bool:
         summary = record.read_summary(run_dir)
     except HetsEpError:
         return False
-    return summary.runtime.get("slurm_job") == me and summary.status in (record.Status.INTERRUPTED, record.Status.RUNNING)
+    return summary.runtime.get("slurm_job") == me and summary.status in (record.Status.INTERRUPTED,
+                                                                        record.Status.RUNNING)

@@ -219,23 +219,31 @@ def _per_step_in_fresh_process(workload: str) -> dict:
 
 
 def sweep(seeds: int = 8) -> dict:
-    """End to end: an N-seed cell as N separate processes one after another, and as one multirun."""
-    args = ["train.progress=false", "experiment=study2_large_step", "dt=lognormal", "train.epochs=1",
+    """End to end: an N-seed cell as N separate processes one after another and as one multirun
+    (the default launcher); then N seeds × 2 dt conditions as the default parallel sweep and as a
+    fused one (``hydra/launcher=fused``: one program)."""
+    args = ["train.progress=false", "experiment=study2_large_step", "train.epochs=1",
             "hydra.callbacks.sweep_end.report=false"]
+    seed_list = f"seed={','.join(map(str, range(seeds)))}"
+
+    def timed(*command: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hets_ep", "train", *command], check=True, capture_output=True)
+        return time.perf_counter() - start
+
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        for seed in range(seeds):
-            subprocess.run([sys.executable, "-m", "hets_ep", "train", *args, f"seed={seed}",
-                            f"hydra.run.dir={tmp}/one/{seed}"], check=True, capture_output=True)
-        separate = time.perf_counter() - start
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "hets_ep", "train", "-m", *args,
-                        f"seed={','.join(map(str, range(seeds)))}", f"hydra.sweep.dir={tmp}/sweep"],
-                       check=True, capture_output=True)
-        multirun = time.perf_counter() - start
+        separate = sum(timed(*args, "dt=lognormal", f"seed={seed}", f"hydra.run.dir={tmp}/one/{seed}")
+                       for seed in range(seeds))
+        multirun = timed("-m", *args, "dt=lognormal", seed_list, f"hydra.sweep.dir={tmp}/sweep")
+        parallel = timed("-m", *args, "dt=scalar,lognormal", seed_list, f"hydra.sweep.dir={tmp}/parallel")
+        fused = timed("-m", *args, "dt=scalar,lognormal", seed_list, "hydra/launcher=fused",
+                      f"hydra.sweep.dir={tmp}/fused")
     print(f"{seeds}-seed cell: {separate:.0f} s as separate processes, {multirun:.0f} s as one sweep: "
-          f"{separate / multirun:.2f}×", flush=True)
-    return {"seeds": seeds, "separate_processes_s": separate, "multirun_s": multirun, "speedup": separate / multirun}
+          f"{separate / multirun:.2f}×; {seeds} seeds × 2 dt: {parallel:.0f} s as the default sweep, {fused:.0f} s "
+          f"fused: {parallel / fused:.2f}×", flush=True)
+    return {"seeds": seeds, "separate_processes_s": separate, "multirun_s": multirun, "speedup": separate / multirun,
+            "two_conditions_parallel_s": parallel, "two_conditions_fused_s": fused,
+            "fused_speedup": parallel / fused}
 
 
 # -- relaxation: steps to a residual, the cost of ep.tol, the estimators' cost -----------------------
