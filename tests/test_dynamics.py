@@ -110,6 +110,7 @@ def test_exact_agrees_with_euler_to_first_order_and_euler_overshoots(batch):
     assert all(bool(jnp.all(u * c <= 0)) for u, c in zip(unit, crossed))  # Euler at dt > 1 overshoots every unit
 
 
+@pytest.mark.slow  # thousands of noisy steps (CI runs it)
 @pytest.mark.parametrize("integrator", ["euler", "exact"])
 def test_the_sde_noise_of_a_decoupled_unit_has_its_closed_form_variance(integrator):
     """ds = (T − s) dt + σ dW: the stationary variance is σ²/(2 − dt) for Euler–Maruyama and σ²/2
@@ -157,6 +158,7 @@ def test_relaxation_to_a_tolerance_stops_when_every_sample_has_converged(batch):
     assert int(capped.steps) == 42  # never more than the cap (2 plain steps, then 8 checked blocks)
 
 
+@pytest.mark.slow  # power iterations on a trained network (CI runs it)
 def test_the_spectral_radius_reads_the_step_of_decoupled_units(batch):
     """Decoupled units: the step's Jacobian is diagonal, 1 − r_i; a coupled net's radius equals
     the largest eigenvalue modulus of its dense Jacobian."""
@@ -178,6 +180,7 @@ def test_the_spectral_radius_reads_the_step_of_decoupled_units(batch):
     assert float(radius[0]) == pytest.approx(exact, rel=2e-3)
 
 
+@pytest.mark.slow  # a training run first (CI runs it)
 def test_async_updates_reach_the_same_fixed_points_on_trained_weights(tmp_path, batch):
     from hets_ep.train import Trainer
 

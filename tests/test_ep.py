@@ -85,6 +85,7 @@ def test_holomorphic_ep_is_exact_at_finite_beta(batch, dt_spec):
     assert holo >= 0.999 and holo > symmetric
 
 
+@pytest.mark.slow  # complex phases under noise (CI runs it)
 def test_holomorphic_ep_under_noise_and_async_updates_runs(batch):
     """Noise (real, on the complex field) and the async order compose with complex phases."""
     x, y = batch
@@ -133,6 +134,7 @@ def test_random_sign_uses_both_signs_and_negative_nudges_down(batch):
     assert not same(plus.grads, minus.grads)
 
 
+@pytest.mark.slow  # 600-step phases, two dt draws; the clip test keeps GDU in the default suite (CI runs it)
 @pytest.mark.parametrize("dt_spec", [DtConfig("scalar", 0.2), DtConfig("lognormal", 0.2, cv=0.5)],
                          ids=["scalar", "per-neuron"])
 def test_gdu_holds_step_by_step_with_a_converged_free_phase_and_fails_without(batch, dt_spec):

@@ -14,6 +14,8 @@ from conftest import train_here
 from hets_ep import record
 from hets_ep.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # three trackers written and read back (optional integrations; CI runs them)
+
 
 def _wandb_records(path):
     """The records of a W&B transaction log (``run-ID.wandb``): a 7-byte header, then LevelDB-log

@@ -55,6 +55,7 @@ def test_seed_pairs_weights_and_data_across_dt_conditions(tmp_path):
                            runs[3].state.params["params"]["layers_0"]["kernel"])
 
 
+@pytest.mark.slow  # BPTT on a probe batch each epoch (CI runs it)
 def test_gradient_cosine_probe_each_epoch(tmp_path):
     train_here(tmp_path, "model.activation=steep_sigmoid", "stability.gradcheck_every=1", "ep.T1=60", "ep.T2=30",
                "ep.beta=0.05")

@@ -94,7 +94,7 @@ def analyse(conditions: Sequence[Condition], options: ReportOptions) -> tuple[pd
                      "resamples_found": found, "slope": fit.slope, "intercept": fit.intercept,
                      "separated": fit.separated, "scale": "log" if log else "linear",
                      "position": _position(fit, data),
-                     "trained_by_level": " ".join(f"{s:g}:{100 * m:.0f}%/{n}" for s, (m, n) in levels.iterrows())})
+                     "trained_by_level": " ".join(f"{s:g}:{100 * m:.0f}%/{int(n)}" for s, (m, n) in levels.iterrows())})
     table = pd.DataFrame(rows)
     tests = []
     for pair in pairings(lines, "dt.dist=scalar" if options.baseline == "best" else options.baseline, options.match,
