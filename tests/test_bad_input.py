@@ -18,6 +18,7 @@ from hets_ep.config import compose, group_options
 from hets_ep.data.batching import NORMALIZATIONS
 from hets_ep.dynamics import INTEGRATORS, NOISE_MODES, UPDATE_ORDERS
 from hets_ep.ep import ESTIMATORS
+from hets_ep.fused import BACKENDS
 from hets_ep.errors import HetsEpError
 from hets_ep.models import ACTIVATIONS
 from hets_ep.models.network import DYNAMICS, LOSSES
@@ -30,14 +31,16 @@ BASE = ["train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=64
 NUMERIC = ["dt.mean", "dt.cv", "dt.dt_min", "dt.dt_max", "ep.beta", "ep.T1", "ep.T2", "train.batch_size",
            "train.epochs", "optimizer.momentum", "optimizer.weight_decay", "seed", "dataset.subset",
            "train.explode_threshold", "stability.collapse_drop", "ep.N", "ep.tol", "ep.tol_every", "dynamics.noise",
-           "dt.layers", "stability.spike_factor", "stability.spectral_iters", "train.parallel_seeds"]
+           "dt.layers", "stability.spike_factor", "stability.spike_floor", "stability.spectral_iters",
+           "train.parallel_seeds", "model.skip"]
 NUMBERS = ["-1", "0", "0.001", "0.3", "1", "2", "7", "1e12", "1e300", "nan", "inf", "-inf", "abc", "null", "[1,2]"]
 ENUMS = {"dt": group_options("dt"), "ep": group_options("ep"), "optimizer": group_options("optimizer"),
          "ep.estimator": list(ESTIMATORS), "model.activation": list(ACTIVATIONS), "model.loss": list(LOSSES),
          "model.dynamics": list(DYNAMICS), "dataset.normalize": list(NORMALIZATIONS),
          "optimizer.schedule": list(SCHEDULES), "dt.sample": list(SAMPLE_MODES), "dt.per": list(DT_PER),
          "dt.match": list(MATCHES), "dynamics.integrator": list(INTEGRATORS),
-         "dynamics.update_order": list(UPDATE_ORDERS), "dynamics.noise_mode": list(NOISE_MODES), "dynamics.noise_eval": ["true", "false"],
+         "dynamics.update_order": list(UPDATE_ORDERS), "dynamics.noise_mode": list(NOISE_MODES),
+         "dynamics.noise_eval": ["true", "false"], "dynamics.backend": list(BACKENDS),
          "gradcheck.gdu": ["true", "false"]}
 CASES = int(os.environ.get("HETS_EP_BAD_INPUT_CASES", 220))
 # Keep runs tiny: values that would make a valid run long are left out of the strategy.
