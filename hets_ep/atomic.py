@@ -55,10 +55,6 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez(f, **arrays)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def _jsonable(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

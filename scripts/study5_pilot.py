@@ -24,22 +24,24 @@ from hets_ep.data import load_dataset  # noqa: E402
 DT = {"scalar τ = Δt": ["dt=scalar"], "lognormal τ-matched": ["dt=lognormal", "dt.match=tau"]}
 
 
-def main() -> None:
-    data = load_dataset("mnist", subset=256, test_subset=1)
-    x = jnp.asarray(data.x_train)
-    print("| hidden layers | skip | dt | T1 | fixed-point residual after T1: mean / max | unconverged (> 1e-2) | "
-          "steps to 1e-3 | spectral radius (max) |")
-    print("|---|---|---|---|---|---|---|---|")
+def conditions():
+    """``(hidden layers, skip, dt name, overrides)`` of every depth condition."""
     for depth in range(1, 6):
-        for skip in (0, 2):
-            if skip and depth < 2:
-                continue
+        for skip in (0, 2) if depth >= 2 else (0,):
             for name, dt in DT.items():
-                r = pilot(["experiment=study5_depth", "ep.T1=60", "ep.tol=null",
-                           f"model.hidden=[{','.join(['256'] * depth)}]", f"model.skip={skip}", *dt], x)
-                steps = f"{r['steps_to_1e-3']}" if r["reached"] else "> 3000"
-                print(f"| {depth} | {skip or '–'} | {name} | {r['T1']} | {r['fp_mean']:.1e} / {r['fp_max']:.1e} | "
-                      f"{100 * r['unconverged']:.0f}% | {steps} | {r['radius_max']:.3f} |", flush=True)
+                yield depth, skip, name, ["experiment=study5_depth", "ep.T1=60", "ep.tol=null",
+                                          f"model.hidden=[{','.join(['256'] * depth)}]", f"model.skip={skip}", *dt]
+
+
+def main() -> None:
+    x = jnp.asarray(load_dataset("mnist", subset=256, test_subset=1).x_train)
+    print("| hidden layers | skip | dt | T1 | fixed-point residual after T1: mean / max | unconverged (> 1e-2) | "
+          "steps to 1e-3 | spectral radius (max) |\n|---|---|---|---|---|---|---|---|", flush=True)
+    for depth, skip, name, overrides in conditions():
+        r = pilot(overrides, x)
+        reached = f"{r['steps_to_1e-3']}" if r["reached"] else "> 3000"
+        print(f"| {depth} | {skip or '–'} | {name} | {r['T1']} | {r['fp_mean']:.1e} / {r['fp_max']:.1e} | "
+              f"{100 * r['unconverged']:.0f}% | {reached} | {r['radius_max']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
