@@ -150,6 +150,11 @@ class Composer:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(list(overrides))
+        for o in parsed:
+            if _is_group(o.key_or_group) and not isinstance(o.value(), str):
+                options = group_options(o.key_or_group)
+                raise ConfigError(f"{o.input_line}: unknown option"
+                                  + (f"; choose one of {', '.join(options)}" if options else ""))
         groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
         if groups not in self._composed:
             register_schema()

@@ -125,6 +125,7 @@ def metrics_without_timing(run_dir: Path) -> list[dict]:
 
     from hets_ep import record
 
+    assert (Path(run_dir) / record.METRICS).is_file(), f"no metrics in {run_dir}"
     return [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("epoch_time_s", "samples_per_s")}
             for r in record.read_rows(run_dir)]
 

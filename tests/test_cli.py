@@ -26,6 +26,7 @@ def _fails(capsys, *args: str) -> str:
     ("dt.mean=-1", "dt.mean: must be a finite number in [0.01, 1], got -1.0"),
     ("dt=foo", "dt=foo: unknown option; choose one of gamma, layerwise, lognormal, normal, scalar, uniform"),
     ("dt=lognorml", "dt=lognorml: unknown option; did you mean lognormal?"),
+    ("dt=1", "dt=1: unknown option; choose one of gamma, layerwise, lognormal, normal, scalar, uniform"),
     ("ep=holomorphic", "model.activation: hard_sigmoid is not holomorphic"),
     ("dynamics.integrator=rk4", "dynamics.integrator: unknown 'rk4'; choose one of euler, exact"),
     ("ep.tol=1e-3 ep=bptt", "ep.tol: BPTT differentiates a fixed number of free-phase steps"),

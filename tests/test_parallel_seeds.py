@@ -50,7 +50,7 @@ def test_parallel_seeds_equal_separate_runs(separate, tmp_path, seeds):
         assert f"outputs in {member}" in result.stdout + result.stderr
         assert "seed: %d" % seed in (member / record.CONFIG).read_text()
         assert (member / record.DT).read_bytes() == (separate(seed) / record.DT).read_bytes()
-        _assert_same_run(member / record.METRICS, separate(seed) / record.METRICS)
+        _assert_same_run(member, separate(seed))
 
 
 def test_one_seed_on_a_split_cpu_is_not_sharded(separate, tmp_path):
@@ -58,7 +58,7 @@ def test_one_seed_on_a_split_cpu_is_not_sharded(separate, tmp_path):
     result = hets_ep("train", *ARGS, "seed=4", f"hydra.run.dir={tmp_path}", check=True,
                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert "seeds do not divide evenly across them: running unsharded" in result.stdout + result.stderr
-    _assert_same_run(tmp_path / record.METRICS, separate(4) / record.METRICS)
+    _assert_same_run(tmp_path, separate(4))
 
 
 MODERN = (*TINY, "dataset.subset=1000", "dt=lognormal", "dynamics.update_order=async", "dynamics.noise=0.02",
@@ -72,4 +72,4 @@ def test_the_new_options_with_parallel_seeds_equal_separate_runs(tmp_path):
         hets_ep("train", *MODERN, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}", check=True)
     hets_ep("train", *MODERN, "seed=7", "train.parallel_seeds=2", f"hydra.run.dir={tmp_path / 'both'}", check=True)
     for seed in (7, 8):
-        _assert_same_run(tmp_path / "both" / f"seed_{seed}" / record.METRICS, tmp_path / str(seed) / record.METRICS)
+        _assert_same_run(tmp_path / "both" / f"seed_{seed}", tmp_path / str(seed))

@@ -89,15 +89,16 @@ def test_a_requeued_job_resumes_by_itself_and_ends_as_if_never_stopped(slurm, tm
 
 
 def test_a_job_at_its_time_limit_is_resubmitted_and_ends_equal(slurm, tmp_path):
-    """A one-minute limit with the warning 30 s ahead, for a run of about 45 s of training on a
-    quiet 2-core machine: the run checkpoints, submitit resubmits it, until it is done. (A
-    warning further ahead can reach a job before its process has any handler: Slurm checks
-    time limits only every so often.)"""
+    """A two-minute limit with the warning 30 s ahead, for a run of about 2.5 minutes of training
+    on a quiet 2-core machine: the run checkpoints, submitit resubmits it, until it is done.
+    Slurm may send the warning up to 60 s before it is due, so a job can meet it 30 s after it
+    starts: well after its process has a handler (a one-minute limit could send it during the
+    start-up imports, which the signal's default action ends)."""
     reference, sweep = tmp_path / "uninterrupted", tmp_path / "sweep"
-    hets_ep("train", *LONG, "train.epochs=60", f"hydra.run.dir={reference}", check=True)
-    proc = _sweep(slurm, *LONG, "train.epochs=60", "seed=0", "hydra.launcher.timeout_min=1",
+    hets_ep("train", *LONG, "train.epochs=200", f"hydra.run.dir={reference}", check=True)
+    proc = _sweep(slurm, *LONG, "train.epochs=200", "seed=0", "hydra.launcher.timeout_min=2",
                   "hydra.launcher.signal_delay_s=30", f"hydra.sweep.dir={sweep}")
-    code, _, err = _finish(proc, slurm)
+    code, _, err = _finish(proc, slurm, timeout=1200)
     assert code == 0, err[-2000:]
     assert "received SIGUSR2: checkpointed" in (sweep / "0" / "train.log").read_text()
     assert record.read_summary(sweep / "0").runtime["restarts"] >= 1
