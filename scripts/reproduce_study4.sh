@@ -17,8 +17,9 @@ if [[ $phase == train || $phase == all ]]; then
   # N, β axis (σ 0.04).
   sweep "$out/N_beta" seed=$s dynamics.integrator=exact ep.beta=0.05,0.1,0.2,0.4,0.8 $conditions dt.match=tau
   sweep "$out/N_beta_mean" seed=$s dynamics.integrator=exact ep.beta=0.05,0.1,0.2,0.4,0.8 dt=lognormal
-  # R: the rescues and the published update at the collapse point.
-  sweep "$out/R" seed=$s dynamics.integrator=exact ep=one_sided,symmetric,holomorphic $conditions dt.match=tau
+  # R: the rescues and the published update at the collapse point. R's one-sided cells are N_beta's
+  # cells at β 0.1 (the same configuration and seeds; RESULTS.md, Deviations).
+  sweep "$out/R" seed=$s dynamics.integrator=exact ep=symmetric,holomorphic $conditions dt.match=tau
   sweep "$out/R_published" seed=$s dynamics.integrator=euler dt=scalar
 fi
 if [[ $phase == report || $phase == all ]]; then
@@ -27,7 +28,9 @@ if [[ $phase == report || $phase == all ]]; then
     --family "N, σ axis: boundary shift HTS − scalar (and per-level accuracy)"
   "${r[@]}" "$out/N_beta" "$out/N_beta_mean" --boundary ep.beta --out "$docs/N_beta" \
     --family "N, β axis: boundary shift HTS − scalar (and per-level accuracy)"
-  "${r[@]}" "$out/R" "$out/R_published" --out "$docs/R" --baseline dt.dist=scalar \
+  one_sided=$(grep -l -x -- "- ep.beta=0.1" "$out"/N_beta/*/.hydra/overrides.yaml | xargs -n1 dirname | xargs -n1 dirname)
+  # shellcheck disable=SC2086  # one folder per word
+  "${r[@]}" "$out/R" "$out/R_published" $one_sided --out "$docs/R" --baseline dt.dist=scalar \
     --family "R: HTS − scalar per estimator at the collapse point"
   python "$here/study4_family.py" "$docs/N_sigma" "$docs/N_beta" "$docs/R" > "$docs/family.md"
 fi

@@ -39,8 +39,7 @@ def main(study: str, out: str) -> None:
             low, high = proportion_confint(levels["sum"], levels["size"], method="wilson")
             share = levels["sum"] / levels["size"]
             ax.errorbar(levels.index, share, yerr=[np.maximum(share - low, 0), np.maximum(high - share, 0)], fmt=marker,
-                        color=colour, ms=5,
-                        capsize=2, alpha=0.8)
+                        color=colour, ms=5, capsize=2, alpha=0.8)
             if name in fits.index and np.isfinite(fits.loc[name, "slope"]):
                 grid = np.geomspace(levels.index.min(), levels.index.max(), 200) if log else \
                     np.linspace(levels.index.min(), levels.index.max(), 200)
@@ -51,9 +50,12 @@ def main(study: str, out: str) -> None:
                               f"[{fit['ci_low']:.3g}, {fit['ci_high']:.3g}]")
         if log:
             ax.set_xscale("log")
+            grid_levels = sorted(seeds[key].unique())
+            ax.set_xticks(grid_levels, [f"{v:g}" for v in grid_levels])
+            ax.minorticks_off()
         ax.axhline(0.5, color="gray", lw=0.8, ls=":")
         ax.set(xlabel=xlabel, ylabel="share of runs that train", ylim=(-0.05, 1.05))
-        ax.legend(fontsize=8, loc="lower left" if key == "ep.beta" else "upper right")
+        ax.legend(fontsize=8, loc="upper left" if key == "ep.beta" else "upper right")
         ax.grid(alpha=0.3)
     fig.suptitle("Where one-sided EP stops training under noise: scalar dt against heterogeneous time steps "
                  "(Study 4, 12 seeds per point)", fontsize=10)
