@@ -158,7 +158,7 @@ def test_gdu_with_energy_dynamics_differs_exactly_where_the_clip_holds_a_neuron(
     the neuron off it. The check names the share at a bound; the output neurons inside their
     interval agree with BPTT as closely as leaky dynamics do."""
     x, y = batch[0][:8], batch[1][:8]
-    phases = EPConfig(beta=0.01, T1=300, T2=8)
+    phases = EPConfig(beta=0.01, T1=120, T2=8)
     net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.2), hidden=(16,), activation="steep_sigmoid",
                             dynamics="energy")
     found = gdu.increments(net, params, x, y, dt, phases, SYNC, 8)

@@ -37,6 +37,7 @@ def _corrupt(step_dir):
             path.write_bytes(b"\x00garbage")
 
 
+@pytest.mark.slow  # three short runs (CI runs it); the default suite keeps the all-corrupt case below
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     straight, run_dir = tmp_path / "straight", tmp_path / "run"
     args = ("optimizer.schedule=constant",)  # extending a run must not move the schedule's horizon

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from conftest import MNIST_ROOT, ROOT, hets_ep
-from hets_ep import record
+from hets_ep import cli, record
 from hets_ep.report import ReportOptions, analyse, build_report, tables
 
 # Tiny runs: 3 epochs (the late window) on 320 images, a 500-image test set.
@@ -177,7 +177,7 @@ def test_a_sweep_ends_with_a_summary_table_and_its_report(sweep):
     assert (sweep / "grid" / "report" / "report.md").is_file() and (sweep / "grid" / "report" / "seeds.csv").is_file()
 
 
-def test_a_seed_that_appears_twice_counts_once_and_the_other_is_named(tmp_path):
+def test_a_seed_that_appears_twice_counts_once_and_the_other_is_named(tmp_path, capsys):
     """A rerun sweep, two overlapping folders, a copied run: one run per (condition, seed), the
     finished one written last, and the others named; --strict refuses instead."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -196,8 +196,9 @@ def test_a_seed_that_appears_twice_counts_once_and_the_other_is_named(tmp_path):
     assert f"{first / '0'} (kept {second / '0'})" in text and f"{second / '1'} (kept {first / '1'})" in text
     comparison = pd.read_csv(out / "comparisons.csv").iloc[0]
     assert comparison["pairs"] == 3
-    result = hets_ep("report", str(first), str(second), "--strict", "--out", str(tmp_path / "strict"))
-    assert result.returncode == 2 and "appears 2 times in one condition" in result.stderr
+    with pytest.raises(SystemExit) as strict:
+        cli.main(["report", str(first), str(second), "--strict", "--out", str(tmp_path / "strict")])
+    assert strict.value.code == 2 and "appears 2 times in one condition" in capsys.readouterr().err
 
 
 def test_unfinished_runs_are_counted_not_scored_and_the_tables_say_why(tmp_path):
