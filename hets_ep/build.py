@@ -2,8 +2,9 @@
 ``create_train_state``), used by training, ``evaluate``, ``gradcheck`` and the benchmark.
 
 A run of ``train.parallel_seeds = K`` seeds ``seed … seed+K−1`` holds, per seed, its split of
-the training set (training and validation indices) and its dt draw; and for all seeds the
-network, the optimizer and the initial :class:`hets_ep.steps.TrainState` (one member each).
+the training set (training and validation indices), its dt draw and its learning rates; and for
+all seeds the network, the optimizer, the initial :class:`hets_ep.steps.TrainState` and the
+:class:`hets_ep.steps.Hyper` (one member each).
 Building writes nothing and leaves the arrays on the default device (placement is the caller's).
 """
 
@@ -36,10 +37,11 @@ class Run:
     splits: list[tuple[np.ndarray, np.ndarray]]   # per seed: training and validation indices
     dts: list[tuple[State, dict]]                 # per seed: the dt draw and its statistics
     steps_per_epoch: int
-    rates: list[float]                            # each layer's base learning rate
+    rates: list[list[float]]                      # per seed: each layer's base learning rate
     tx: optax.GradientTransformation
     schedule: optax.Schedule                      # the rate multiplier by step
     state: steps.TrainState                       # initial: weights, optimizer state, dt, keys
+    hyper: steps.Hyper                            # per seed: |β| and the learning-rate scale
 
 
 def check_batch(cfg: Config, train_size: int) -> None:
@@ -58,7 +60,8 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
     so the training split need not hold a batch). Its members are the seeds ``seed … seed+K−1``
     of ``train.parallel_seeds = K``, or ``members``: configs that differ from ``cfg`` only in
-    their seed and dt draw (a fused sweep's jobs, :mod:`hets_ep.fused_sweep`)."""
+    keys the program holds per member (:class:`hets_ep.config.Roles`: a fused sweep's jobs,
+    :mod:`hets_ep.fused_sweep`)."""
     cfg, backend = fused.resolve(cfg, jax.default_backend())
     log.info("%s", backend)
     d = cfg.dataset
@@ -74,5 +77,6 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     first = net.init(seeding.key(seeds[0], "init"), data.input_shape)
     tx = optim.build(cfg.optimizer, first, steps_per_epoch, cfg.train.epochs)
     state = steps.init_state(net, tx, data.input_shape, seeds, [dt for dt, _ in dts], cfg.stability.spike_window)
-    return Run(cfg, data, net, seeds, splits, dts, steps_per_epoch, optim.layer_rates(cfg.optimizer, first), tx,
-               optim.schedule(cfg.optimizer, steps_per_epoch, cfg.train.epochs), state)
+    return Run(cfg, data, net, seeds, splits, dts, steps_per_epoch,
+               [optim.layer_rates(m.optimizer, first) for m in members], tx,
+               optim.schedule(cfg.optimizer, steps_per_epoch, cfg.train.epochs), state, steps.hyper(members))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -51,8 +51,11 @@ class Checkpoints:
         self.manager.reload()
         return target
 
-    def restore_latest(self, like: Any) -> Optional[tuple[Any, dict]]:
+    def restore_latest(self, like: Any, check: Callable[[dict], None] = lambda meta: None
+                       ) -> Optional[tuple[Any, dict]]:
         """``(tree, meta)`` of the newest readable step shaped like ``like``; None if there is none.
+        ``check(meta)`` raises :class:`HetsEpError` for a readable checkpoint of another run
+        (which is then left where it is).
 
         Raises :class:`HetsEpError` when checkpoints exist but none can be read: a run must
         not silently start again from scratch.
@@ -60,7 +63,7 @@ class Checkpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
-            self._check_version(step)
+            self._check_meta(step, check)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -74,8 +77,9 @@ class Checkpoints:
                               f"{self.directory.name}.corrupt/); move them back or away to decide how to continue")
         return None
 
-    def _check_version(self, step: int) -> None:
-        """Refuse (without moving anything) a readable checkpoint of another layout version."""
+    def _check_meta(self, step: int, check: Callable[[dict], None]) -> None:
+        """Refuse (without moving anything) a readable checkpoint of another layout version, or
+        one ``check`` refuses."""
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception:  # unreadable: restore_latest sets it aside
@@ -85,6 +89,7 @@ class Checkpoints:
             raise HetsEpError(f"{self.directory / str(step)}: a checkpoint of run-record version {version}; this "
                               f"hets-ep resumes version {RECORD_VERSION} only: continue the run with the hets-ep "
                               "that started it, or start a new run")
+        check(meta)
 
     def close(self) -> None:
         self.manager.close()

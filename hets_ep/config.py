@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import field
@@ -79,11 +80,15 @@ class Roles:
       pairs runs by these keys; bookkeeping, paths and analysis thresholds are not).
     * ``resume``: a continued run may change it (``resume=…`` with a new ``train.epochs``).
     * ``evaluate``: ``hets-ep evaluate`` may change it (the dynamics measured on trained weights).
+    * ``member``: the compiled training program holds it per member, as an array: jobs of a sweep
+      that differ only in such keys run as one program (``hydra/launcher=fused``,
+      :mod:`hets_ep.fused_sweep`).
     """
 
     condition: bool = True
     resume: bool = False
     evaluate: bool = False
+    member: bool = False
 
 
 def key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **roles: bool) -> Any:
@@ -176,10 +181,10 @@ class DtConfig:
     sample: str = key("dt")         # dt: draw dt itself; tau: draw τ and set dt ∝ 1/τ
     match: str = key("mean")        # the statistic of dt held at `mean`: mean | geomean | tau (harmonic mean) | none
     match_cv: bool = key(True)      # and reshape until the realised cv equals `cv`
-    per: str = key("unit")          # conv layers: one dt per unit, or per channel
+    per: str = key("unit", member=False)  # conv layers: one dt per unit, or per channel (what redraw permutes)
     base: str = key("lognormal")    # layerwise: the family whose quantiles set the layers' values
     layers: Optional[List[float]] = key(None)  # layerwise: one dt per state layer, input side first
-    redraw: str = key("none")       # batch: every batch, permute the draw across each layer's neurons
+    redraw: str = key("none", member=False)  # batch: every batch, permute the draw across each layer's neurons
 
     def __post_init__(self):
         _choice("dt.dist", self.dist, DISTRIBUTIONS)
@@ -231,7 +236,7 @@ class EPConfig:
     """Static settings of one gradient estimate (see :mod:`hets_ep.ep`)."""
 
     estimator: str = key("symmetric")
-    beta: float = key(0.5, evaluate=True)   # |β| (holomorphic: the radius of the circle)
+    beta: float = key(0.5, evaluate=True, member=True)   # |β| (holomorphic: the radius of the circle)
     N: int = key(4, evaluate=True)          # holomorphic: points on the circle
     T1: int = key(30, evaluate=True)        # free-phase steps (with tol: at most)
     T2: int = key(10, evaluate=True)        # nudged-phase steps (with tol: at most)
@@ -263,7 +268,7 @@ class OptimizerConfig:
 
     name: str = key("sgd")
     lr: Any = key(factory=lambda: [0.03])
-    lr_scale: float = key(1.0)
+    lr_scale: float = key(1.0, member=True)
     momentum: float = key(0.9)
     nesterov: bool = key(False)
     weight_decay: float = key(0.0)
@@ -382,7 +387,7 @@ class LoggerConfig:
 class Config:
     dataset: DatasetConfig = key(factory=DatasetConfig, evaluate=True)
     model: ModelConfig = key(factory=ModelConfig)
-    dt: DtConfig = key(factory=DtConfig, evaluate=True)
+    dt: DtConfig = key(factory=DtConfig, evaluate=True, member=True)  # the draw: per member
     dynamics: DynamicsConfig = key(factory=DynamicsConfig, evaluate=True)
     ep: EPConfig = key(factory=EPConfig)
     optimizer: OptimizerConfig = key(factory=OptimizerConfig)
@@ -390,7 +395,7 @@ class Config:
     stability: StabilityConfig = key(factory=StabilityConfig, condition=False)  # analysis thresholds
     gradcheck: GradcheckConfig = key(factory=GradcheckConfig, condition=False)
     logger: LoggerConfig = key(factory=LoggerConfig, condition=False)
-    seed: int = key(0, condition=False)   # the pairing axis, not a condition
+    seed: int = key(0, condition=False, member=True)   # the pairing axis, not a condition
     # false | true (continue from this run directory's last checkpoint) | PATH (continue that run)
     resume: Any = key(False, condition=False, resume=True)
 
@@ -506,6 +511,7 @@ def _section_type(annotation) -> Any:
     return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
+@functools.cache
 def roles(dotted: str) -> Roles:
     """The :class:`Roles` of a dotted key (``dt.mean``): what its field declares over what its
     sections declare. A key the schema does not hold (an older record's) takes its section's."""

@@ -105,16 +105,16 @@ def energy_gradient(net: Network, params, x, y, terms, denominator) -> dict:
 
 
 def ep_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig,
-                dynamics: DynamicsConfig, key: Optional[jax.Array] = None,
-                noise_key: Optional[jax.Array] = None) -> Estimate:
+                dynamics: DynamicsConfig, key: Optional[jax.Array] = None, noise_key: Optional[jax.Array] = None,
+                beta: Optional[jax.Array] = None) -> Estimate:
     """EP gradient estimate for one batch (``key`` is used by ``random_sign`` only; ``noise_key``
-    draws the state noise, phase by phase). Training needs only the residuals of the last step:
-    the oscillation count over a window (a third of the step's cost at batch 128) is left to
-    evaluation."""
+    draws the state noise, phase by phase; ``beta``: |β| as a traced scalar, by default
+    ``phases.beta``). Training needs only the residuals of the last step: the oscillation count
+    over a window (a third of the step's cost at batch 128) is left to evaluation."""
     drive = net.drive(params, x)
     phase_key = (lambda k: None) if noise_key is None else functools.partial(jax.random.fold_in, noise_key)
     free = free_phase(net, params, drive, dt, phases, dynamics, phase_key(0), window=1, tol=phases.tol)
-    beta = jnp.asarray(phases.beta, x.dtype)
+    beta = jnp.asarray(phases.beta if beta is None else beta, x.dtype)
     if phases.estimator == "random_sign":
         beta = jnp.where(jax.random.bernoulli(key), beta, -beta)
 
@@ -158,12 +158,12 @@ def bptt_estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, p
 
 
 def estimate(net: Network, params, x: jax.Array, y: jax.Array, dt: State, phases: EPConfig,
-             dynamics: DynamicsConfig, key: Optional[jax.Array] = None,
-             noise_key: Optional[jax.Array] = None) -> Estimate:
-    """The configured estimator's gradient for one batch."""
+             dynamics: DynamicsConfig, key: Optional[jax.Array] = None, noise_key: Optional[jax.Array] = None,
+             beta: Optional[jax.Array] = None) -> Estimate:
+    """The configured estimator's gradient for one batch (``beta``: see :func:`ep_estimate`)."""
     if phases.estimator == "bptt":
         return bptt_estimate(net, params, x, y, dt, phases, dynamics, noise_key)
-    return ep_estimate(net, params, x, y, dt, phases, dynamics, key, noise_key)
+    return ep_estimate(net, params, x, y, dt, phases, dynamics, key, noise_key, beta)
 
 
 def named_leaves(tree) -> dict[str, np.ndarray]:

@@ -1,20 +1,18 @@
 """Sweeps fused into one program (``hydra/launcher=fused``): the jobs of a multirun that differ
-only in values that are arrays at run time — the seed and the dt draw (``dt.*``: distribution,
-mean, cv, matched statistic) — train as the members of one vmapped program, each job still
-writing its own run folder and record as if it ran alone.
+only in values that are arrays at run time — the keys :class:`hets_ep.config.Roles` marks
+``member``: the seed, the dt draw (distribution, mean, cv, matched statistic …; not
+``dt.redraw`` or ``dt.per``), |β| and the learning-rate scale — train as the members of one
+vmapped program, each job still writing its own run folder and record as if it ran alone.
 
 The launcher composes every job with Hydra's own config loader and validates it, then groups
-the jobs whose configs are equal but for the seed and ``dt.*`` (at most ``max_members`` a group,
-and never a job with ``train.parallel_seeds`` > 1). A group of one runs as Hydra's basic launcher
+the jobs whose configs are equal but for those keys (at most ``max_members`` a group, and never
+a job with ``train.parallel_seeds`` > 1). A group of one runs as Hydra's basic launcher
 runs a job. A larger group runs once, in its first job (Hydra's ``run_job``: its folder, log and
 callbacks), with every job of the group as a member (:class:`hets_ep.train.Trainer`); the other
 jobs' folders get Hydra's files (``.hydra/config.yaml`` …) from Hydra's own writer. The shared
 checkpoints live in the first job's folder, so ``resume=true`` re-forms the same groups and
 continues them; a signal checkpoints the whole group and marks each of its jobs interrupted.
 What was fused, and why the other jobs were not, is logged before the first job starts.
-
-Other values (β, a learning-rate scale) enter the compiled program as constants today, so jobs
-that differ in them run as separate programs.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hets_ep.config import Config
+from hets_ep.config import Config, roles
 
 log = logging.getLogger("hets_ep")
 
@@ -32,23 +30,26 @@ log = logging.getLogger("hets_ep")
 # label — set by the launcher around the group's run.
 members: contextvars.ContextVar[Optional[list[tuple[Config, Path, str]]]] = contextvars.ContextVar("members",
                                                                                                     default=None)
-FUSABLE = ("seed", "dt.")   # keys whose values are arrays at run time
 
 
-def signature(cfg: Config) -> tuple:
-    """What a job's config is but for the keys a fused program holds per member."""
+def _flat(cfg: Config) -> dict[str, str]:
     from omegaconf import OmegaConf
 
     from hets_ep.record import flatten
 
-    flat = flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    return tuple(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(FUSABLE) and k != "resume"))
+    return {k: repr(v) for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items() if k != "resume"}
 
 
-def differing(a: Config, b: Config) -> list[str]:
-    """The keys, beyond the fusable ones, in which two jobs' configs differ."""
-    x, y = dict(signature(a)), dict(signature(b))
-    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+def signature(cfg: Config) -> tuple:
+    """What a job's config is but for the keys a fused program holds per member."""
+    return tuple(sorted((k, v) for k, v in _flat(cfg).items() if not roles(k).member))
+
+
+def differing(a: Config, b: Config, member: bool = False) -> list[str]:
+    """The keys in which two jobs' configs differ: those a program holds per member, or (by
+    default) the others, which keep the jobs apart."""
+    x, y = _flat(a), _flat(b)
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k) and roles(k).member == member)
 
 
 def groups(configs: Sequence[Config], max_members: int) -> list[list[int]]:
@@ -72,8 +73,9 @@ def explain(configs: Sequence[Config], fused: list[list[int]]) -> list[str]:
     lines = [f"fused sweep: {len(configs)} jobs in {len(fused)} programs"]
     for group in fused:
         if len(group) > 1:
+            keys = sorted({k for i in group[1:] for k in differing(configs[group[0]], configs[i], member=True)})
             lines.append(f"  jobs {', '.join(map(str, group))}: one program ({len(group)} members; they differ only "
-                         "in seed and dt)")
+                         f"in {', '.join(keys)})")
     alone = [g[0] for g in fused if len(g) == 1]
     for i in alone:
         cfg = configs[i]

@@ -3,6 +3,11 @@
 Each layer (a top-level entry of the parameter tree, input side first) has its own base rate
 ``lr_scale · lr_l``; the rate at step ``t`` is that times the schedule's multiplier ``m(t)``
 (``m(0) = 1``). Weight decay adds ``λ θ`` to the gradient before the per-layer update.
+
+The transformation :func:`build` returns runs at the rates ``lr_l · m(t)``: every update is
+linear in its rate (SGD with momentum and Adam alike), so the training step multiplies it by
+``lr_scale`` (:func:`hets_ep.steps.make_train_step`), a value per member that the members of a
+fused sweep may differ in.
 """
 
 from __future__ import annotations
@@ -41,14 +46,18 @@ def layer_count(model: ModelConfig) -> int:
     return len(model.hidden if model.arch == "mlp" else model.channels) + 1
 
 
-def layer_rates(cfg: OptimizerConfig, params) -> list[float]:
-    """The base rate of each layer, ``lr_scale × lr_l`` (one rate given: the same for every layer)."""
+def unscaled_rates(cfg: OptimizerConfig, params) -> list[float]:
+    """Each layer's ``lr_l`` (one rate given: the same for every layer)."""
     layers = layer_names(params)
     if len(cfg.lr) not in (1, len(layers)):
         raise ConfigError(f"optimizer.lr: lists {len(cfg.lr)} rates; the model has {len(layers)} layers "
                           f"({', '.join(layers)}): give 1 or {len(layers)}")
-    rates = list(cfg.lr) * len(layers) if len(cfg.lr) == 1 else list(cfg.lr)
-    return [cfg.lr_scale * r for r in rates]
+    return list(cfg.lr) * len(layers) if len(cfg.lr) == 1 else list(cfg.lr)
+
+
+def layer_rates(cfg: OptimizerConfig, params) -> list[float]:
+    """The base rate of each layer, ``lr_scale × lr_l``."""
+    return [cfg.lr_scale * r for r in unscaled_rates(cfg, params)]
 
 
 def schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
@@ -61,7 +70,8 @@ def schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> optax.S
 
 
 def build(cfg: OptimizerConfig, params, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
-    """The optax transformation for ``params``: weight decay, then each layer's optimizer."""
+    """The optax transformation for ``params``: weight decay, then each layer's optimizer at
+    ``lr_l · m(t)`` (``lr_scale`` is the training step's)."""
     layers = layer_names(params)
     multiplier = schedule(cfg, steps_per_epoch, epochs)
 
@@ -74,5 +84,5 @@ def build(cfg: OptimizerConfig, params, steps_per_epoch: int, epochs: int) -> op
     labels = {"params": {name: jax.tree.map(lambda _: name.removeprefix(SKIP_PREFIX), tree)
                          for name, tree in params["params"].items()}}
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.multi_transform({n: per_layer(r) for n, r in zip(layers, layer_rates(cfg, params))},
+                       optax.multi_transform({n: per_layer(r) for n, r in zip(layers, unscaled_rates(cfg, params))},
                                              labels))

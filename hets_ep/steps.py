@@ -1,4 +1,4 @@
-"""The per-batch steps: ``train_step(state, batch) -> state``, ``eval_step(state, sums, batch) -> sums``.
+"""The per-batch steps: ``train_step(state, batch, hyper) -> state``, ``eval_step(state, sums, batch) -> sums``.
 
 One pytree, :class:`TrainState`, holds everything a training step reads and writes: weights,
 optimizer state, the epoch's on-device :class:`Sums`, the per-neuron time steps, the random
@@ -6,7 +6,9 @@ keys of the estimator and of the state noise, the recent batch losses and the st
 Every leaf carries a leading *member* axis, one entry per seed (``train.parallel_seeds``; 1 by
 default), and the steps are ``jit(vmap(…))`` of the single-seed step, so K seeds train in one
 program. The state is donated: XLA updates its buffers in place. The same pytree is what
-:mod:`hets_ep.checkpointing` saves and restores; :func:`init_state` builds it.
+:mod:`hets_ep.checkpointing` saves and restores; :func:`init_state` builds it. :class:`Hyper`
+holds the per-member values a step reads but never writes (|β|, the learning-rate scale): arrays
+at run time, so members may differ in them in one program (a fused sweep's jobs).
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ class TrainState(NamedTuple):
     noise_key: jax.Array     # raw key data of the state-noise stream
     recent_loss: jax.Array   # the last stability.spike_window batch losses (a ring; NaN: not yet)
     step: jax.Array          # int32: training steps taken
+
+
+class Hyper(NamedTuple):
+    """What a training step reads per member besides the state, each ``(members,)`` float32: |β|
+    (``ep.beta``) and the factor on every update (``optimizer.lr_scale``, see :mod:`hets_ep.optim`)."""
+
+    beta: jax.Array
+    lr_scale: jax.Array
+
+
+def hyper(configs: Sequence[Any]) -> Hyper:
+    """The :class:`Hyper` of members with these configs (:class:`hets_ep.config.Config`, in member order)."""
+    return Hyper(jnp.asarray([c.ep.beta for c in configs], jnp.float32),
+                 jnp.asarray([c.optimizer.lr_scale for c in configs], jnp.float32))
 
 
 class Batch(NamedTuple):
@@ -156,26 +172,27 @@ def _spike(recent: jax.Array, loss: jax.Array, step: jax.Array, factor: float,
 
 def make_train_step(net: Network, phases: EPConfig, dynamics: DynamicsConfig, tx: optax.GradientTransformation,
                     stability: StabilityConfig, redraw: Optional[Callable[[jax.Array, State], State]] = None):
-    """``train_step(state, batch) -> state``: one estimator update per member, jitted over the
-    member axis (``batch`` has it too: each seed sees its own data order). ``state`` is donated.
+    """``train_step(state, batch, hyper) -> state``: one estimator update per member, jitted over
+    the member axis (``batch`` and ``hyper`` have it too: each seed sees its own data order, and
+    nudges with its own β and steps at its own rate scale). ``state`` is donated.
 
     ``redraw(key, dt) -> dt``, if given, reassigns the time steps for each batch (the
     ``dt.redraw=batch`` control); ``state.dt`` keeps the run's own draw.
     """
 
-    def one(state: TrainState, batch: Batch) -> TrainState:
+    def one(state: TrainState, batch: Batch, hyper: Hyper) -> TrainState:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         noise_key = jax.random.fold_in(jax.random.wrap_key_data(state.noise_key), state.step)
         dt = state.dt if redraw is None else redraw(jax.random.fold_in(key, 1), state.dt)
         est = ep.estimate(net, state.params, batch.x, batch.y, dt, phases, dynamics, key,
-                          noise_key if dynamics.noise > 0 else None)
+                          noise_key if dynamics.noise > 0 else None, beta=hyper.beta)
         sums = _accumulate(state.sums, net, state.params, est, batch.y, jnp.ones_like(batch.y, jnp.float32),
                            stability.residual_tol)
         batch_loss = jnp.mean(net.loss_per_sample(state.params, est.free.state, batch.y))
         spike, recent = _spike(state.recent_loss, batch_loss, state.step, stability.spike_factor,
                                stability.spike_floor)
         updates, opt_state = tx.update(est.grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = optax.apply_updates(state.params, jax.tree.map(lambda u: hyper.lr_scale * u, updates))
         sums = sums._replace(finite=sums.finite & _all_finite(params), loss_spikes=sums.loss_spikes + spike)
         return TrainState(params, opt_state, sums, state.dt, state.key, state.noise_key, recent, state.step + 1)
 

@@ -33,7 +33,7 @@ from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
 from hets_ep.data import augment, train_batches
-from hets_ep.errors import ConfigError
+from hets_ep.errors import ConfigError, HetsEpError
 from hets_ep.gradcheck import gradient_probe
 from hets_ep.placement import Placement
 from hets_ep.record import Status
@@ -49,7 +49,7 @@ class Member:
     """One seed of a run: its directory, training and validation examples, dt draw, rows, status."""
 
     seed: int
-    cfg: Config            # this member's own config (its seed and dt)
+    cfg: Config            # this member's own config (its seed, dt, β, learning-rate scale)
     dir: Path
     train_index: np.ndarray
     val_index: np.ndarray
@@ -75,8 +75,9 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, name: str = "",
                  fused: list[tuple[Config, Path, str]] | None = None):
         """``fused``: the jobs of a fused sweep trained as this run's members, each a config that
-        differs from ``cfg`` only in seed and dt, its own run directory and its job's label (the
-        shared checkpoints stay in ``run_dir``, the first job's)."""
+        differs from ``cfg`` only in keys held per member (seed, dt, β, learning-rate scale), its
+        own run directory and its job's label (the shared checkpoints stay in ``run_dir``, the
+        first job's)."""
         self.cfg, self.dir, self.fused = cfg, Path(run_dir), bool(fused)
         run = build_run(cfg, members=[c for c, _, _ in fused] if fused else None)
         self.data, self.net, self.steps_per_epoch = run.data, run.net, run.steps_per_epoch
@@ -88,7 +89,7 @@ class Trainer:
         self.members = [Member(s, c, dr, tr, va, dt, stats)
                         for s, c, dr, (tr, va), (dt, stats) in zip(run.seeds, configs, dirs, run.splits, run.dts)]
         self.place = Placement(len(run.seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
-        self.state = self.place.members(run.state)
+        self.state, self.hyper = self.place.members(run.state), self.place.members(run.hyper)
         d = cfg.dataset
         redraw = functools.partial(permute, per=cfg.dt.per) if cfg.dt.redraw == "batch" else None
         tol, dynamics = cfg.stability.residual_tol, run.cfg.dynamics  # its backend resolved
@@ -97,8 +98,11 @@ class Trainer:
         self.val_step = steps.make_eval_step(self.net, cfg.ep, dynamics, tol, shared=False) if d.val_size else None
         self.spectral = (steps.make_spectral_probe(self.net, cfg.ep, dynamics, cfg.stability.spectral_iters)
                          if cfg.stability.spectral_iters else None)
-        self.probe = gradient_probe(self.net, run.cfg, self.data.x_train, self.data.y_train) \
-            if cfg.stability.gradcheck_every and cfg.ep.estimator != "bptt" else None
+        self.probes = None   # the EP-vs-BPTT probe at each β the members train with
+        if cfg.stability.gradcheck_every and cfg.ep.estimator != "bptt":
+            at = {b: dataclasses.replace(run.cfg, ep=dataclasses.replace(run.cfg.ep, beta=b))
+                  for b in {m.cfg.ep.beta for m in self.members}}
+            self.probes = {b: gradient_probe(self.net, c, self.data.x_train, self.data.y_train) for b, c in at.items()}
         self.checkpoints: Checkpoints | None = None
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
         self.trackers = loggers.Trackers([])
@@ -114,7 +118,14 @@ class Trainer:
         self.checkpoints.save(self.epoch * self.steps_per_epoch + self.batch, {"state": self.state}, meta)
 
     def restore(self) -> bool:
-        restored = self.checkpoints.restore_latest({"state": self.state})
+        def same_members(meta: dict) -> None:
+            held = len(meta["members"])
+            if held != len(self.members):
+                raise HetsEpError(f"{self.dir / record.CHECKPOINTS}: its checkpoints hold {held} members and this run "
+                                  f"has {len(self.members)}: a fused sweep resumes with the jobs and "
+                                  "hydra.launcher.max_members it started with")
+
+        restored = self.checkpoints.restore_latest({"state": self.state}, same_members)
         if restored is None:
             return False
         tree, meta = restored
@@ -231,7 +242,8 @@ class Trainer:
         if self.cfg.dataset.augment:
             x = np.stack([augment(x[k], seeding.numpy_rng(m.seed, "augment", self.epoch, self.batch))
                           for k, m in enumerate(self.members)])
-        self.state = self.train_step(self.state, Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx])))
+        self.state = self.train_step(self.state, Batch(self.place.batch(x), self.place.batch(self.data.y_train[idx])),
+                                     self.hyper)
         self.batch += 1
 
     def _mark_unhealthy(self, stats: list[steps.Means], epoch: int) -> None:
@@ -247,18 +259,18 @@ class Trainer:
                    spectral: np.ndarray | None, train_time: float, epoch_time: float) -> None:
         cfg = self.cfg
         step = (self.epoch + 1) * self.steps_per_epoch
-        lrs = [lr * float(self.schedule(step)) for lr in self.rates]
+        multiplier = float(self.schedule(step))
         nudged, tol = cfg.ep.estimator != "bptt", cfg.ep.tol is not None
         for k in self.active:
             member, tr, te, va = self.members[k], train[k], test[k], val[k] if val else None
             watched = [getattr(r, f"{cfg.monitor}_acc") for r in member.rows] + [(va if cfg.monitor == "val" else
                                                                                   te).acc]
             row = epoch_row(self.epoch + 1, tr, te, va, nudged=nudged, tol=tol, spectral=spectral_k(spectral, k),
-                            lr=lrs, epoch_time_s=epoch_time,
+                            lr=[lr * multiplier for lr in self.rates[k]], epoch_time_s=epoch_time,
                             samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
                             monitors=stability.epoch_monitors(watched, cfg.stability.collapse_drop))
-            if self.probe is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
-                row = dataclasses.replace(row, **self.probe(steps.member(self.state, k)))
+            if self.probes is not None and (self.epoch + 1) % cfg.stability.gradcheck_every == 0:
+                row = dataclasses.replace(row, **self.probes[member.cfg.ep.beta](steps.member(self.state, k)))
             member.rows.append(row)
             self.trackers.send(k, "epoch", row)
             log.info("%sseed %d, epoch %d: train acc %.4f, %stest acc %.4f, fixed-point residual %.2e, %.0f samples/s",

@@ -130,6 +130,21 @@ def metrics_without_timing(run_dir: Path) -> list[dict]:
             for r in record.read_rows(run_dir)]
 
 
+def assert_metrics_agree(a: Path, b: Path, epochs: int) -> None:
+    """Two runs' metrics (``epochs`` rows each) agree as one program's members agree with runs
+    alone: counts and flags exactly, floats to round-off. The oscillation count thresholds tiny
+    increments, so round-off of another program (members batched and sharded) moves a few of its
+    flips."""
+    rows_a, rows_b = metrics_without_timing(a), metrics_without_timing(b)
+    assert len(rows_a) == len(rows_b) == epochs, (a, len(rows_a), len(rows_b))
+    for ra, rb in zip(rows_a, rows_b):
+        for key, value in rb.items():
+            if not isinstance(value, float):
+                assert ra[key] == value, (a, key)
+                continue
+            assert ra[key] == pytest.approx(value, rel=1e-2 if key == "test_oscillation" else 1e-5, abs=1e-7), (a, key)
+
+
 def assert_close_trees(a, b, atol=0.0):
     import jax
 

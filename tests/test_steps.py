@@ -30,13 +30,40 @@ def test_train_step_compiles_once_donates_the_state_and_counts(mnist):
     for i in range(3):
         sl = slice(16 * i, 16 * (i + 1))
         old = state
-        state = train_step(state, steps.Batch(mnist.x_train[None, sl], mnist.y_train[None, sl]))
+        state = train_step(state, steps.Batch(mnist.x_train[None, sl], mnist.y_train[None, sl]),
+                           steps.Hyper(jnp.array([0.5]), jnp.array([1.0])))
         assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.params))  # updated in place
     assert train_step._cache_size() == 1
     assert int(state.step[0]) == 3 and float(state.sums.count[0]) == 48 and float(state.sums.batches[0]) == 3
     assert 0 <= float(state.sums.acc[0]) <= 48 and bool(state.sums.finite[0])
     # symmetric EP: a free phase of 5 steps and two nudged phases of 2, per batch
     assert float(state.sums.relaxation_steps[0]) == 3 * (5 + 2 * 2) and float(state.sums.free_steps_max[0]) == 5
+
+
+@pytest.mark.parametrize("backend", ["scan", pytest.param("fused", marks=pytest.mark.slow)])
+def test_members_with_their_own_beta_and_rate_scale_step_as_each_would_alone(mnist, backend):
+    """What a fused sweep relies on: in one vmapped program each member nudges with its own |β|
+    and steps at its own learning-rate scale, as its own one-member program would (on the fused
+    kernel too, in Pallas's interpret mode here). The three members start equal, so what tells
+    them apart is their β or scale alone."""
+    net = ModelConfig(hidden=[16]).build(10)
+    dt = sample_dt(0, DtConfig("lognormal", 0.5, cv=0.3), net.state_shapes(mnist.input_shape))[0]
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = steps.init_state(net, tx, mnist.input_shape, [0, 0, 0], [dt] * 3, 50)
+    train_step = steps.make_train_step(net, EPConfig(T1=5, T2=3), DynamicsConfig(backend=backend), tx,
+                                       StabilityConfig())
+    hyper = steps.Hyper(jnp.array([0.5, 0.2, 0.5]), jnp.array([1.0, 1.0, 2.5]))
+    alone = [jax.tree.map(lambda a: a[k:k + 1], state) for k in range(3)]
+    for i in range(2):
+        x, y = mnist.x_train[16 * i:16 * (i + 1)], mnist.y_train[16 * i:16 * (i + 1)]
+        state = train_step(state, steps.Batch(jnp.stack([x] * 3), jnp.stack([y] * 3)), hyper)
+        alone = [train_step(own, steps.Batch(x[None], y[None]), jax.tree.map(lambda a: a[k:k + 1], hyper))
+                 for k, own in enumerate(alone)]
+    weights = [np.asarray(steps.member(state.params, k)["params"]["layers_0"]["kernel"]) for k in range(3)]
+    for k in range(3):
+        for a, b in zip(jax.tree.leaves(steps.member(state.params, k)), jax.tree.leaves(alone[k].params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b[0]), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(weights[0], weights[1]) and not np.allclose(weights[0], weights[2])
 
 
 def _spikes(losses, factor: float = 4.0, floor: float = 2.0, window: int = 50) -> list[int]:

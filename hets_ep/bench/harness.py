@@ -50,16 +50,16 @@ class Runner:
         run = self.run_spec
         train_step = steps.make_train_step(run.net, run.cfg.ep, run.cfg.dynamics, run.tx, run.cfg.stability)
         start = time.perf_counter()
-        compiled = train_step.lower(run.state, batch).compile()
+        compiled = train_step.lower(run.state, batch, run.hyper).compile()
         self.compile_s = time.perf_counter() - start
         memory = compiled.memory_analysis()
         self.memory_bytes = sum(getattr(memory, f, 0) for f in ("temp_size_in_bytes", "argument_size_in_bytes",
                                                                 "output_size_in_bytes")) if memory is not None else None
-        self._step, self._state, self._batch = compiled, run.state, batch
+        self._step, self._state, self._batch, self._hyper = compiled, run.state, batch, run.hyper
         self.run()
         sums = jax.device_get(self._state.sums)
         self.steps_per_batch = float(sums.relaxation_steps[0] / sums.batches[0])
 
     def run(self) -> None:
-        self._state = self._step(self._state, self._batch)
+        self._state = self._step(self._state, self._batch, self._hyper)
         jax.block_until_ready(self._state)

@@ -83,16 +83,17 @@ def measure(workload: str, members: int, batches: int, cpu_devices: int = 1) -> 
     spec = STUDY[workload]
     run, batch = prepare(spec, members)
     place = Placement(members, spec.batch, spec.batch)
-    state, batch = place.members(run.state), steps.Batch(place.batch(batch.x), place.batch(batch.y))
+    state, hyper = place.members(run.state), place.members(run.hyper)
+    batch = steps.Batch(place.batch(batch.x), place.batch(batch.y))
     train_step = steps.make_train_step(run.net, run.cfg.ep, run.cfg.dynamics, run.tx, run.cfg.stability)
     for _ in range(3):
-        state = train_step(state, batch)
+        state = train_step(state, batch, hyper)
     jax.block_until_ready(state)
     rates = []
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(batches):
-            state = train_step(state, batch)
+            state = train_step(state, batch, hyper)
         jax.block_until_ready(state)
         rates.append(members * spec.batch * batches / (time.perf_counter() - start))
     return {"seed_samples_per_s": statistics.median(rates), "devices": len(jax.devices())}

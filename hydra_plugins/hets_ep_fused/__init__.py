@@ -7,7 +7,7 @@ from hets_ep import fused_sweep
 
 
 class FusedLauncher(Launcher):
-    """Jobs that differ only in seed and dt run as the members of one program."""
+    """Jobs that differ only in keys held per member (seed, dt, β, lr_scale) run as the members of one program."""
 
     def __init__(self, max_members: int = 64) -> None:
         self.max_members = max_members
