@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hets_ep import atomic, record, signals, steps, xla
+from hets_ep import atomic, record, signals, stability, steps, xla
 from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config, config_keys, roles
@@ -62,10 +62,13 @@ def cap_note(result: dict, cfg: Config) -> str | None:
         return None
     capped = " and ".join(p for p, hit in (("free", free), ("nudged", nudged)) if hit)
     raised = [(key, cap) for key, cap, hit in (("ep.T1", cfg.ep.T1, free), ("ep.T2", cfg.ep.T2, nudged)) if hit]
-    advice = (f"raise {' and '.join(k for k, _ in raised)} (say {', '.join(f'{k}={4 * v}' for k, v in raised)})"
-              if cfg.ep.tol is not None else
-              f"relax to a tolerance instead (ep.tol={cfg.stability.residual_tol:g} "
-              f"ep.T1={max(10 * cfg.ep.T1, 1000)} ep.T2={max(10 * cfg.ep.T2, 1000)})")
+    if cfg.dynamics.noise > 0 and cfg.dynamics.noise_eval:
+        advice = stability.noise_floor(cfg.dynamics.noise)
+    elif cfg.ep.tol is not None:
+        advice = f"raise {' and '.join(k for k, _ in raised)} (say {', '.join(f'{k}={4 * v}' for k, v in raised)})"
+    else:
+        advice = (f"relax to a tolerance instead (ep.tol={cfg.stability.residual_tol:g} "
+                  f"ep.T1={max(10 * cfg.ep.T1, 1000)} ep.T2={max(10 * cfg.ep.T2, 1000)})")
     return (f"the {capped} phase stopped at its step cap with samples above the residual tolerance "
             f"{cfg.stability.residual_tol:g} (unconverged free {result['unconverged']:.3f}, nudged "
             f"{result['nudged_unconverged']:.3f}): {advice}")

@@ -28,7 +28,8 @@ test) and running best ``b_t = max_{s≤t} a_s``:
 * **divergence**: the epoch where NaN/inf or an exploding state (``|s| > explode_threshold``)
   first appeared (recorded by the runner; the run stops there with ``status: diverged``).
 * **relaxation health** (from the free phase on the test set): residuals, the share of
-  samples whose fixed-point residual exceeds ``residual_tol``, oscillation.
+  samples whose fixed-point residual exceeds ``residual_tol``, oscillation. Under state noise
+  the residual has a floor set by the noise (:func:`noise_floor`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ import numpy as np
 if TYPE_CHECKING:
     from hets_ep.config import StabilityConfig
     from hets_ep.record import EpochRow
+
+
+def noise_floor(noise: float) -> str:
+    """Why phases under state noise end above the residual tolerance, for a cap note."""
+    return (f"under state noise (dynamics.noise={noise:g}) the residual does not fall below a floor set by the noise, "
+            "however many steps a phase takes: more steps or a tolerance will not lower it, and it measures the noise "
+            "as much as the relaxation")
 
 
 def drawdowns(accs: Sequence[float]) -> np.ndarray:

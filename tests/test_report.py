@@ -301,3 +301,15 @@ def test_ratio_endpoints_are_tested_on_the_log_scale_and_caps_are_named(tmp_path
     assert f"{np.exp(np.mean(np.log(ratios))):.2f}×" in text
     assert "a phase stopped at its cap (ep.T1=30, ep.T2=10) above ep.tol=0.001 in 25.0% of training batches" in text
     assert "`late` averages the last 3 epochs" in text and "chance + 0.8 × (1 − chance) (82.0% with 10 classes" in text
+
+
+def test_a_cap_under_state_noise_is_named_as_the_noise_floor_not_a_budget(tmp_path):
+    """Under state noise the residual never settles below the tolerance: the note says so instead
+    of advising more steps."""
+    for seed in range(3):
+        _fake_run(tmp_path / f"n{seed}", seed, [0.9, 0.91, 0.92], capped=0.5,
+                  **{"ep.tol": 1e-3, "dynamics.noise": 0.02})
+        _fake_run(tmp_path / f"q{seed}", seed, [0.9, 0.91, 0.92], capped=0.5, **{"ep.tol": 1e-3})
+    text = tables.markdown(analyse([tmp_path]))
+    assert "phases end above the residual tolerance; under state noise (dynamics.noise=0.02) the residual" in text
+    assert text.count("raise ep.T1/ep.T2") == 1  # the noise-free condition only

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import pandas as pd
 
-from hets_ep import atomic
+from hets_ep import atomic, stability
 from hets_ep.record import Status
 from hets_ep.report import boundary, inference
 from hets_ep.report.runs import BINARY, POINTS
@@ -249,18 +249,24 @@ def _ratio(row) -> str:
 
 
 def cap_notes(analysis: Analysis, cond: pd.DataFrame) -> list[str]:
-    """Conditions whose relaxation stopped at its step cap unconverged, with the budget to try."""
+    """Conditions whose relaxation stopped at its step cap unconverged, with the budget to try
+    (under state noise: the noise floor, which no budget removes)."""
     notes = []
     for c, (_, r) in zip(analysis.conditions, cond.iterrows()):
         config = c.runs[0].config
         t1, t2, tol = config.get("ep.T1"), config.get("ep.T2"), config.get("ep.tol")
-        if tol is not None and inference.finite(r["capped"]) and r["capped"] > 0:
+        noise = config.get("dynamics.noise") or 0
+        capped = tol is not None and inference.finite(r["capped"]) and r["capped"] > 0
+        unsettled = max(r["test_unconverged"] or 0, r["nudged_unconverged"] or 0) > 0.5
+        if noise > 0 and (capped or unsettled):
+            notes.append(f"- {r['condition']}: phases end above the residual tolerance; {stability.noise_floor(noise)}")
+        elif capped:
             notes.append(f"- {r['condition']}: a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above "
                          f"ep.tol={tol:g} "
                          f"in {100 * r['capped']:.1f}% of training batches (phases took {md_num(r['free_steps'], 0)} "
                          f"free and {md_num(r['nudged_steps'], 0)} nudged steps on average): raise ep.T1/ep.T2 "
                          f"(say ep.T1={4 * t1} ep.T2={4 * t2}) for the ratio of steps to be exact, not a lower bound")
-        elif tol is None and max(r["test_unconverged"] or 0, r["nudged_unconverged"] or 0) > 0.5:
+        elif tol is None and unsettled:
             notes.append(f"- {r['condition']}: most samples end a phase above the residual tolerance after its fixed "
                          f"{t1}/{t2} steps (free {md_num(r['test_unconverged'], 2)}, nudged "
                          f"{md_num(r['nudged_unconverged'], 2)}): relax to a tolerance (ep.tol=1e-3 "
