@@ -153,6 +153,7 @@ def test_gdu_holds_step_by_step_with_a_converged_free_phase_and_fails_without(ba
     assert min(v["sign_agreement"] for v in cut["tensors"].values()) < 0.9
 
 
+@pytest.mark.slow  # a 120-step free phase and BPTT through it at every nudged step (CI runs it)
 def test_gdu_with_energy_dynamics_differs_exactly_where_the_clip_holds_a_neuron(batch):
     """Energy dynamics clip the state: at a bound BPTT's derivative is zero while the nudge lifts
     the neuron off it. The check names the share at a bound; the output neurons inside their

@@ -73,12 +73,12 @@ def test_dynamics_compared_on_the_same_trained_weights(run):
 
 
 def test_a_phase_at_its_cap_gets_the_budget_to_try_or_under_noise_the_noise_floor():
-    from hets_ep.config import compose
+    from hets_ep.config import Config, DynamicsConfig, EPConfig
     from hets_ep.evaluate import cap_note
 
     stuck = {"free_steps": 30, "unconverged": 0.4, "nudged_steps": 5, "nudged_unconverged": 0.0}
-    assert cap_note(stuck, compose([])).endswith("relax to a tolerance instead (ep.tol=0.01 ep.T1=1000 ep.T2=1000)")
-    assert "raise ep.T1 (say ep.T1=120)" in cap_note(stuck, compose(["ep.tol=1e-3"]))
-    noisy = cap_note(stuck, compose(["dynamics.noise=0.05", "dynamics.noise_eval=true"]))
+    assert cap_note(stuck, Config()).endswith("relax to a tolerance instead (ep.tol=0.01 ep.T1=1000 ep.T2=1000)")
+    assert "raise ep.T1 (say ep.T1=120)" in cap_note(stuck, Config(ep=EPConfig(tol=1e-3)))
+    noisy = cap_note(stuck, Config(dynamics=DynamicsConfig(noise=0.05, noise_eval=True)))
     assert "the free phase stopped at its step cap" in noisy and "a floor set by the noise" in noisy
-    assert cap_note({**stuck, "unconverged": 0.0}, compose([])) is None
+    assert cap_note({**stuck, "unconverged": 0.0}, Config()) is None
