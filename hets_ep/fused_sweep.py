@@ -32,7 +32,8 @@ members: contextvars.ContextVar[Optional[list[tuple[Config, Path, str]]]] = cont
                                                                                                     default=None)
 
 
-def _flat(cfg: Config) -> dict[str, str]:
+def flat(cfg: Config) -> dict[str, str]:
+    """A job's config as ``{dotted key: repr(value)}`` (without ``resume``)."""
     from omegaconf import OmegaConf
 
     from hets_ep.record import flatten
@@ -42,13 +43,12 @@ def _flat(cfg: Config) -> dict[str, str]:
 
 def signature(cfg: Config) -> tuple:
     """What a job's config is but for the keys a fused program holds per member."""
-    return tuple(sorted((k, v) for k, v in _flat(cfg).items() if not roles(k).member))
+    return tuple(sorted((k, v) for k, v in flat(cfg).items() if not roles(k).member))
 
 
-def differing(a: Config, b: Config, member: bool = False) -> list[str]:
-    """The keys in which two jobs' configs differ: those a program holds per member, or (by
-    default) the others, which keep the jobs apart."""
-    x, y = _flat(a), _flat(b)
+def differing(x: dict[str, str], y: dict[str, str], member: bool = False) -> list[str]:
+    """The keys in which two jobs' configs (:func:`flat`) differ: those a program holds per
+    member, or (by default) the others, which keep the jobs apart."""
     return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k) and roles(k).member == member)
 
 
@@ -71,9 +71,10 @@ def groups(configs: Sequence[Config], max_members: int) -> list[list[int]]:
 def explain(configs: Sequence[Config], fused: list[list[int]]) -> list[str]:
     """Log lines: which jobs run as one program, and why the others do not."""
     lines = [f"fused sweep: {len(configs)} jobs in {len(fused)} programs"]
+    flats = [flat(c) for c in configs]  # once each: a sweep's jobs are compared pairwise
     for group in fused:
         if len(group) > 1:
-            keys = sorted({k for i in group[1:] for k in differing(configs[group[0]], configs[i], member=True)})
+            keys = sorted({k for i in group[1:] for k in differing(flats[group[0]], flats[i], member=True)})
             lines.append(f"  jobs {', '.join(map(str, group))}: one program ({len(group)} members; they differ only "
                          f"in {', '.join(keys)})")
     alone = [g[0] for g in fused if len(g) == 1]
@@ -83,7 +84,7 @@ def explain(configs: Sequence[Config], fused: list[list[int]]) -> list[str]:
             why = "train.parallel_seeds > 1 (its seeds are already one program)"
         else:
             others = [j for j in range(len(configs)) if j != i]
-            keys = min((differing(cfg, configs[j]) for j in others), key=len, default=[])
+            keys = min((differing(flats[i], flats[j]) for j in others), key=len, default=[])
             why = f"it differs from every other job in {', '.join(keys[:4])}" if keys else "no other job to fuse with"
         lines.append(f"  job {i}: alone ({why})")
     return lines
