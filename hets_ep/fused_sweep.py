@@ -84,8 +84,10 @@ def explain(configs: Sequence[Config], fused: list[list[int]]) -> list[str]:
             why = "train.parallel_seeds > 1 (its seeds are already one program)"
         else:
             others = [j for j in range(len(configs)) if j != i]
-            keys = min((differing(flats[i], flats[j]) for j in others), key=len, default=[])
-            why = f"it differs from every other job in {', '.join(keys[:4])}" if keys else "no other job to fuse with"
+            keys = min((differing(flats[i], flats[j]) for j in others), key=len, default=None)
+            why = ("no other job to fuse with" if keys is None else
+                   f"it differs from every other job in {', '.join(keys[:4])}" if keys else
+                   "the program of the jobs like it is full: hydra.launcher.max_members")
         lines.append(f"  job {i}: alone ({why})")
     return lines
 

@@ -22,6 +22,8 @@ def test_jobs_group_by_everything_but_the_keys_held_per_member():
                for s in (0, 1)]
     assert fused_sweep.groups(configs, 64) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert fused_sweep.groups(configs, 3) == [[0, 1, 2], [3], [4, 5, 6], [7]]
+    assert fused_sweep.explain(configs[:4], [[0, 1, 2], [3]])[2] == \
+        "  job 3: alone (the program of the jobs like it is full: hydra.launcher.max_members)"
     lines = fused_sweep.explain(configs[:5], fused_sweep.groups(configs[:5], 64))
     assert lines[1] == "  jobs 0, 1, 2, 3: one program (4 members; they differ only in dt.cv, dt.dist, seed)"
     assert lines[2] == "  job 4: alone (it differs from every other job in ep.T2)"
