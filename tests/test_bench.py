@@ -21,6 +21,7 @@ def test_workloads_are_the_presets_they_name():
     assert WORKLOADS["mlp 784-512-10 b1024"].batch == 1024
 
 
+@pytest.mark.slow  # compiles the runner's step for several workloads (CI runs it)
 def test_steps_per_batch_are_the_kernels_count():
     # Holomorphic EP with N = 4 simulates the phases k = 0, 1, 2 (k = 3 is k = 1's conjugate): a
     # count by hand of "T1 + 2 T2 for two-phase estimators" would have it wrong.

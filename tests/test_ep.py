@@ -197,6 +197,7 @@ def test_ep_memory_does_not_grow_with_phase_length_but_bptt_does():
     assert memory[("bptt", 300)] > 5 * memory[("bptt", 30)] > 5 * memory[("one_sided", 30)]
 
 
+@pytest.mark.slow  # three gradient comparisons against BPTT (CI runs it)
 def test_gradcheck_warns_when_beta_is_outside_the_estimators_accurate_region(batch):
     """Refining the nudge (two more points on the circle) moves holomorphic EP's estimate at
     |β| 0.5, where the nudged fixed point is no longer analytic on the whole circle, and hardly
