@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Study 5 (docs/study5/PLAN.md): E (full scale, TOST ±0.5) then D (depth, with and without skip
 # connections, relaxed to a tolerance).
-#   bash scripts/reproduce_study5.sh [train|report|all] [OUT]
+#   bash scripts/reproduce_study5.sh [train|train_depth|report|all] [OUT]   (train_depth: D alone)
 set -euo pipefail
 phase=${1:-all}; out=${2:-outputs/study5}
 here=$(cd "$(dirname "$0")" && pwd); docs=$here/../docs/study5
@@ -9,6 +9,8 @@ here=$(cd "$(dirname "$0")" && pwd); docs=$here/../docs/study5
 if [[ $phase == train || $phase == all ]]; then
   extra=(experiment=study5_full train.progress=false)
   sweep "$out/E" seed=$(seeds 0 7) dt=scalar,lognormal dt.match=tau
+fi
+if [[ $phase == train || $phase == train_depth || $phase == all ]]; then
   extra=(experiment=study5_depth train.progress=false)
   sweep "$out/D" seed=$(seeds 0 5) dt=scalar,lognormal dt.match=tau \
     'model.hidden=[256],[256,256],[256,256,256],[256,256,256,256],[256,256,256,256,256]' model.skip=0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -277,3 +278,33 @@ def test_augment_crops_and_flips_deterministically():
     assert not np.array_equal(a, x)
     # Every output row is a (possibly flipped, shifted) crop of the zero-padded input.
     assert set(np.unique(a)) <= set(np.unique(x)) | {0.0}
+
+
+def _idx_gz(path: Path, array: np.ndarray) -> Path:
+    """``array`` (uint8) as a gzipped IDX file (magic: 0, 0, dtype 0x08, rank; then big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+    return path
+
+
+def test_kmnist_is_read_and_verified_from_its_four_idx_files(tmp_path, monkeypatch):
+    """KMNIST cannot be downloaded here: files made by the test, verified against their own
+    SHA-256 in place of the published ones, are read as the dataset; a file that differs from its
+    checksum is refused by name."""
+    published = registry.SOURCES["kmnist"]
+    assert [f.name for f in published.files] == FILES
+    assert all(f.urls == (f"https://codh.rois.ac.jp/kmnist/dataset/kmnist/{f.name}",) for f in published.files)
+    assert published.files[0].sha256 == "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4"
+    rng = np.random.default_rng(0)
+    arrays = {FILES[0]: rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), FILES[1]: np.arange(30, dtype=np.uint8) % 10,
+              FILES[2]: rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), FILES[3]: np.arange(12, dtype=np.uint8) % 10}
+    made = {name: _idx_gz(tmp_path / name, a) for name, a in arrays.items()}
+    files = tuple(registry.RemoteFile(f.name, _sha(made[f.name]), f.urls) for f in published.files)
+    monkeypatch.setitem(registry.SOURCES, "kmnist", dataclasses.replace(published, files=files))
+    d = load_dataset("kmnist", root=str(tmp_path))
+    assert d.x_train.shape == (30, 28, 28, 1) and d.x_test.shape == (12, 28, 28, 1) and d.classes == 10
+    np.testing.assert_array_equal(d.x_train[..., 0], arrays[FILES[0]] / np.float32(255))
+    np.testing.assert_array_equal(d.y_test, arrays[FILES[3]])
+    made[FILES[2]].write_bytes(made[FILES[2]].read_bytes()[:-5])
+    with pytest.raises(DataError, match=f"{FILES[2]}: SHA-256 mismatch"):
+        load_dataset("kmnist", root=str(tmp_path))

@@ -89,6 +89,19 @@ SOURCES: dict[str, Source] = {
         _read_idx_dataset,
         (28, 28, 1), 10, 60000,
     ),
+    "kmnist": Source(
+        _idx_files(
+            ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+            {
+                "train-images-idx3-ubyte.gz": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+                "train-labels-idx1-ubyte.gz": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+                "t10k-images-idx3-ubyte.gz": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+                "t10k-labels-idx1-ubyte.gz": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+            },
+        ),
+        _read_idx_dataset,
+        (28, 28, 1), 10, 60000,
+    ),
     "cifar10": Source(
         (RemoteFile("cifar-10-binary.tar.gz", "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
                     ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",)),),
