@@ -54,6 +54,13 @@ def check_batch(cfg: Config, train_size: int) -> None:
                           f"{subset}{held}")
 
 
+def member_dts(members: list[Config], net: Network, input_shape) -> list[tuple[State, dict]]:
+    """Each member's dt draw and its statistics, from its seed's own stream (what the command
+    line's checks draw too: :func:`hets_ep.preflight.check_job`)."""
+    shapes = net.state_shapes(input_shape)
+    return [sample_dt(m.seed, m.dt, shapes) for m in members]
+
+
 def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = False,
               members: list[Config] | None = None) -> Run:
     """Everything a run of ``cfg`` computes with, before its first step (``data``: already
@@ -62,18 +69,18 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     of ``train.parallel_seeds = K``, or ``members``: configs that differ from ``cfg`` only in
     keys the program holds per member (:class:`hets_ep.config.Roles`: a fused sweep's jobs,
     :mod:`hets_ep.fused_sweep`)."""
-    cfg, backend = fused.resolve(cfg, jax.default_backend())
-    log.info("%s", backend)
     d = cfg.dataset
     data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
+    net = cfg.model.build(data.classes)
+    cfg, backend = fused.resolve(cfg, jax.default_backend(), net, data.input_shape)
+    log.info("%s", backend)
     members = members or [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(cfg.train.parallel_seeds)]
     seeds = [m.seed for m in members]
     splits = [validation_split(len(data.x_train), d.val_size, s) for s in seeds]
     if not evaluation:
         check_batch(cfg, len(splits[0][0]))
     steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
-    net = cfg.model.build(data.classes)
-    dts = [sample_dt(m.seed, m.dt, net.state_shapes(data.input_shape)) for m in members]
+    dts = member_dts(members, net, data.input_shape)
     first = net.init(seeding.key(seeds[0], "init"), data.input_shape)
     tx = optim.build(cfg.optimizer, first, steps_per_epoch, cfg.train.epochs)
     state = steps.init_state(net, tx, data.input_shape, seeds, [dt for dt, _ in dts], cfg.stability.spike_window)

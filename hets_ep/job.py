@@ -93,8 +93,7 @@ def prepare_jax(config: Config, members: int) -> None:
 
     hc = HydraConfig.get()
     concurrent = hc.mode == RunMode.MULTIRUN and hc.launcher.get("n_jobs", 1) not in (None, 1)
-    xla.configure(single_thread=concurrent,
-                  cpu_devices=1 if concurrent else xla.members_per_device(members))
+    xla.configure(**xla.job_settings(concurrent, members))
     xla.enable_compilation_cache(cache_dir())
 
 

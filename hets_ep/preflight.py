@@ -187,20 +187,26 @@ class Plan:
 def precheck(cmd: CommandLine) -> Plan:
     """Compose and validate every job the command line names, then what needs shapes
     (:func:`check_job`); fix the run or sweep directory and check it can be written."""
-    compose, configs, hydra_node = Composer(), [], None
-    for job in cmd.jobs():
+    compose, configs, hydra_node, jobs = Composer(), [], None, cmd.jobs()
+
+    def checked(job, check):
         try:
-            composed = compose(job)
-            configs.append(job_config(composed))
-            check_job(configs[-1])
+            return check()
         except Exception as err:  # Hydra, OmegaConf and our own validation errors alike
             message = str(_explained(err))
             raise ConfigError(f"{message} (in the sweep's job {cmd.label(job)})" if cmd.swept else message) from None
+
+    for job in jobs:
+        composed = checked(job, lambda: compose(job))
+        configs.append(checked(job, lambda: job_config(composed)))
         hydra_node = hydra_node or composed.hydra
     _check_launcher(hydra_node.runtime.choices.get("hydra/launcher"))
     launcher = hydra_node.runtime.choices.get("hydra/launcher")
     plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir), launcher,
                 int(hydra_node.launcher.get("max_members", 64)))
+    _configure_jax(cmd, hydra_node, plan)
+    for job, cfg in zip(jobs, configs):
+        checked(job, lambda: check_job(cfg))
     if cmd.multirun:
         plan.settings["hydra.sweep.dir"] = plan.directory
     else:
@@ -214,10 +220,25 @@ def precheck(cmd: CommandLine) -> Plan:
     return plan
 
 
+def _configure_jax(cmd: CommandLine, hydra_node: DictConfig, plan: Plan) -> None:
+    """Set XLA up as a job run in this process needs it (its CPU split into devices for several
+    members; a single run, or a sweep's basic or fused launcher), before the checks start JAX to
+    draw each job's time steps (a sweep's worker processes set up their own)."""
+    from hets_ep import xla
+
+    members = plan.configs[0].train.parallel_seeds
+    if plan.launcher == "fused":
+        from hets_ep.fused_sweep import groups
+
+        members = len(groups(plan.configs, plan.max_members)[0])
+    concurrent = cmd.multirun and hydra_node.launcher.get("n_jobs", 1) not in (None, 1)
+    xla.configure(**xla.job_settings(concurrent, members))
+
+
 def check_job(cfg: Config) -> None:
     """What the schema alone cannot see: the dataset's shape and size against the batch and the
-    validation split, per-layer rate lists against the model's layers, the dt sampler's
-    reachability on the model's state shapes, the trackers' libraries."""
+    validation split, per-layer rate lists against the model's layers, each member's own dt draw
+    (its seed's, as the job will draw it) on the model's state shapes, the trackers' libraries."""
     from hets_ep import loggers
     from hets_ep.build import check_batch
     from hets_ep.optim import layer_count
@@ -231,7 +252,9 @@ def check_job(cfg: Config) -> None:
     layers = layer_count(cfg.model)
     _check(len(cfg.optimizer.lr) in (1, layers), "optimizer.lr",
            f"lists {len(cfg.optimizer.lr)} rates; the model has {layers} layers: give 1 or {layers}")
-    _sample(_frozen(cfg.dt), _state_shapes(_frozen(cfg.model), input_shape, classes))
+    shapes = _state_shapes(_frozen(cfg.model), input_shape, classes)
+    for seed in range(cfg.seed, cfg.seed + cfg.train.parallel_seeds):
+        _draw(_frozen(cfg.dt), shapes, seed)
     loggers.check_available(cfg.logger)
 
 
@@ -260,11 +283,16 @@ def _state_shapes(model: tuple, input_shape: tuple, classes: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _sample(dt: tuple, shapes: tuple) -> None:
+def _draw(dt: tuple, shapes: tuple, seed: int) -> None:
+    """The draw the job will make (:func:`hets_ep.timeconstants.sample_dt`, the seed's own stream):
+    whether a truncated family can hold the request depends on it."""
     from hets_ep.config import DtConfig
-    from hets_ep.timeconstants import check_reachable
+    from hets_ep.timeconstants import sample_dt
 
-    check_reachable(DtConfig(*dt), shapes)
+    try:
+        sample_dt(seed, DtConfig(*dt), shapes)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (with seed {seed}'s draw)") from None
 
 
 def _check_launcher(launcher: Optional[str]) -> None:

@@ -50,7 +50,7 @@ mean at one seed reuses the same uniforms ``u_i``, so conditions differ only by 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
@@ -228,13 +228,13 @@ def _draw_shapes(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> list[tupl
     return list(shapes)
 
 
-def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]],
-              uniforms: Optional[np.ndarray] = None) -> tuple[tuple[np.ndarray, ...], dict]:
+def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[np.ndarray, ...], dict]:
     """Draw one dt per neuron for state layers of the given shapes (no batch axis).
 
     Returns ``(dt, stats)``: ``dt`` a tuple of float32 arrays with exactly ``shapes``, and the
-    nominal and realised statistics (over neurons) as a plain dict. ``uniforms`` replaces the
-    seed's stream (:func:`check_reachable`).
+    nominal and realised statistics (over neurons) as a plain dict. Whether a truncated family
+    can hold the request depends on the draw: the command line's checks make each job's own
+    (:mod:`hets_ep.preflight`).
     """
     draw_shapes = _draw_shapes(spec, shapes)
     sizes = [math.prod(s) for s in draw_shapes]
@@ -246,8 +246,7 @@ def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]],
     elif spec.dist == "scalar" or spec.cv == 0:
         values, c, a = np.full(sum(sizes), spec.mean), 0.0, spec.mean
     else:
-        u = uniforms if uniforms is not None else \
-            np.asarray(jax.random.uniform(seeding.key(seed, f"dt/{spec.dist}"), (sum(sizes),)), np.float64)
+        u = np.asarray(jax.random.uniform(seeding.key(seed, f"dt/{spec.dist}"), (sum(sizes),)), np.float64)
         c, a = _solve(u, name, weights, spec)
         values = _truncated(u, name, c, a, spec)
     layers = np.split(values, np.cumsum(sizes)[:-1])
@@ -256,14 +255,6 @@ def sample_dt(seed: int, spec: DtConfig, shapes: Sequence[tuple[int, ...]],
     out.update(scale=a, shape_cv=c, at_bounds=float(np.average((values <= spec.dt_min) | (values >= spec.dt_max),
                                                                weights=weights)))
     return dt, out
-
-
-def check_reachable(spec: DtConfig, shapes: Sequence[tuple[int, ...]]) -> None:
-    """Refuse, with the sampler's own error, a request its truncated family cannot hold, without
-    starting JAX (a draw of the same size from numpy's generator: the check a command line makes
-    before any run; a seed's own draw differs only by sampling noise)."""
-    n = sum(math.prod(s) for s in _draw_shapes(spec, shapes))
-    sample_dt(0, spec, shapes, np.random.default_rng(0).random(n))
 
 
 def permute(key: jax.Array, dt: Sequence[jax.Array], per: str = "unit") -> tuple[jax.Array, ...]:

@@ -41,6 +41,12 @@ def members_per_device(members: int) -> int:
     return max(d for d in range(1, min(members, cores()) + 1) if members % d == 0)
 
 
+def job_settings(concurrent: bool, members: int) -> dict:
+    """How XLA serves one job (:func:`configure`'s arguments): one thread when jobs run side by
+    side (``concurrent``), else the CPU split into devices for its ``members``."""
+    return {"single_thread": concurrent, "cpu_devices": 1 if concurrent else members_per_device(members)}
+
+
 def configure(*, single_thread: bool = False, cpu_devices: int = 1) -> None:
     """Set how XLA uses the CPU, before JAX starts its backends (later calls change nothing).
 

@@ -4,6 +4,7 @@
 # kernel launch, hets_ep/fused.py), each with and without XLA's command buffers (CUDA graphs);
 # 8 and 64 seeds of the large-step workload in one program; Study 3's block F as fused programs
 # and a fused sweep against the default one (scripts/sweep_bench.sh). Writes docs/bench-gpu*.json.
+# It first checks the fused kernel against the scan kernel (scripts/fused_check.py) and stops if they differ.
 #   pip install -e ".[cuda13]" && bash scripts/gpu_bench.sh
 # On a machine that installs nothing from a registry (the lent GPU image has jax with CUDA but
 # not Hydra): build the wheels where a registry is reachable, carry the folder, and pass it:
@@ -18,6 +19,9 @@ if [[ -n "${WHEELS:-}" ]]; then
 fi
 python -c "import jax, sys; d = jax.devices()[0]; sys.exit(0 if d.platform == 'gpu' else \
 'gpu_bench.sh: JAX sees no GPU (' + d.platform + '); install the CUDA build: pip install -e \".[cuda13]\"')"
+# Correctness first: the fused kernel against the scan kernel on this device (states and BPTT
+# gradients); nothing is timed if it is wrong.
+python "$(dirname "$0")/fused_check.py"
 XLA_FLAGS="--xla_gpu_enable_command_buffer=" hets-ep bench --gpu --out docs/bench-gpu-no-command-buffers.json
 hets-ep bench --gpu --out docs/bench-gpu.json
 bash "$(dirname "$0")/sweep_bench.sh" docs/bench-gpu-sweep.json

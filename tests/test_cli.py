@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, TINY, hets_ep, metrics_without_timing
-from hets_ep import cli, preflight, record
+from hets_ep import cli, config, preflight, record
 
 
 def _fails(capsys, *args: str) -> str:
@@ -225,15 +228,56 @@ def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
             metrics_without_timing(tmp_path / "sequential" / str(job))
 
 
-def test_the_checks_before_a_run_leave_jax_unstarted():
-    """The CPU split for parallel seeds and the one-thread flags of sweeps are set when a job
-    starts JAX: the command line's checks (shapes, the dt sampler) must not start it first."""
-
-    code = ("from jax._src import xla_bridge; from hets_ep import preflight; "
+def test_the_checks_set_jax_up_for_the_job_before_they_start_it():
+    """The checks draw each job's time steps with JAX, so they first set XLA up as the job in this
+    process needs it: the CPU split into one device per seed of train.parallel_seeds (as many
+    as the cores allow)."""
+    code = ("import jax; from hets_ep import preflight, xla; "
             "preflight.precheck(preflight.parse('train', ['dt=lognormal', 'dt.cv=0.5', 'train.parallel_seeds=2'])); "
-            "print(xla_bridge.backends_are_initialized())")
+            "print(len(jax.devices('cpu')), xla.members_per_device(2))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False"
+    devices, expected = out.stdout.split()
+    assert devices == expected
+
+
+UNREACHABLE = ["dt=gamma", "dt.cv=0.57", "dt.mean=1.0", "dt.dt_max=2.0"]
+
+
+def test_a_seed_whose_draw_cannot_reach_the_request_is_refused_before_any_job(tmp_path, capsys):
+    """Whether a truncated draw reaches a cv depends on the seed's draw (gamma cv 0.57 at mean 1
+    below dt 2 on the default network: seeds 100 and 101 reach it, 102 does not): the sweep is
+    refused in one line that names the job, before any folder exists."""
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "-m", "seed=100,101,102", *UNREACHABLE, f"hydra.sweep.dir={sweep}"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert re.match(r"hets-ep: error: dt\.cv: gamma truncated to \[0\.01, 2\.0\] at mean 1\.0 reaches cv 0\.5\d+ at most",
+                    err), err
+    assert err.endswith("(with seed 102's draw) (in the sweep's job seed=102)")
+    assert not sweep.exists()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), cv=st.floats(0.54, 0.57))
+def test_what_the_checks_accept_builds(seed, cv):
+    """Near the truncation limit, the pre-flight accepts a job exactly when its run can draw its
+    time steps (build_run's draw), seed by seed."""
+    from hets_ep.build import member_dts
+    from hets_ep.errors import ConfigError
+
+    cfg = config.compose(["dt=gamma", f"dt.cv={cv}", "dt.mean=1.0", "dt.dt_max=2.0", f"seed={seed}"])
+    try:
+        preflight.check_job(cfg)
+        accepted = True
+    except ConfigError:
+        accepted = False
+    try:
+        member_dts([cfg], cfg.model.build(10), (28, 28, 1))
+        builds = True
+    except ConfigError:
+        builds = False
+    assert accepted == builds
 
 
 def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_path, monkeypatch):

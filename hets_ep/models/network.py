@@ -26,7 +26,6 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from hets_ep.models.activations import ACTIVATIONS, Activation
 from hets_ep.models.modules import MLP, ConvNet
@@ -81,13 +80,19 @@ class Network:
             return 0.5 * jnp.sum((logits - jax.nn.one_hot(y, logits.shape[-1])) ** 2, axis=-1)
         if jnp.iscomplexobj(logits):
             return _complex_cross_entropy(logits, y)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        # optax's softmax_cross_entropy_with_integer_labels, with the label's logit picked by a
+        # one-hot product instead of a gather (bit for bit the same value and gradient): the
+        # gather's derivative, a scatter, has no Pallas Triton lowering (the fused kernel on a GPU).
+        return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+                                                            * logits, axis=-1)
 
     def energy(self, params, drive: jax.Array, s: State, beta: Optional[jax.Array] = None,
                y: Optional[jax.Array] = None) -> jax.Array:
         """Total energy ``F_β`` summed over the batch; ``beta=None`` is the free phase."""
         phi = self.module.apply(params, drive, self.rate(s), method="phi")
-        f = -phi
+        # −1 · Φ, not −Φ: the derivative of a negation negates the literal seed 1.0, which
+        # Pallas's Triton lowering (the fused kernel on a GPU) cannot do; a product it can.
+        f = -1.0 * phi
         if self.dynamics == "energy":
             f += 0.5 * sum(jnp.sum(layer**2) for layer in s)
         if beta is not None:
