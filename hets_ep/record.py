@@ -55,13 +55,16 @@ class Status(str, enum.Enum):
     DIVERGED = "diverged"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    STOPPED = "stopped"          # ended early at chance (train.stop_on_collapse): finished, not trained
 
     def __str__(self) -> str:
         return self.value
 
 
-# Runs whose metrics count: a diverged run scores what it scored before it stopped.
-FINISHED = (Status.COMPLETED, Status.DIVERGED)
+# Runs whose metrics count: a diverged or stopped run scores what it scored before it ended.
+FINISHED = (Status.COMPLETED, Status.DIVERGED, Status.STOPPED)
+# Finished runs that did not train, whatever their accuracy: they ended before their last epoch.
+FAILED_TO_TRAIN = (Status.DIVERGED, Status.STOPPED)
 
 
 @dataclasses.dataclass

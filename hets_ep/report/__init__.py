@@ -23,6 +23,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hets_ep.errors import HetsEpError
 from hets_ep.report.analysis import Analysis, ReportOptions, analyse, build_report, sweep_summary
 from hets_ep.report.runs import METRICS
 
@@ -31,6 +32,13 @@ __all__ = ["Analysis", "ReportOptions", "analyse", "build_report", "main", "swee
 
 def _pair(text: Optional[str]) -> Optional[tuple[str, ...]]:
     return tuple(k for k in text.split(",") if k) if text else None
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise HetsEpError(f"--train-fraction: expected numbers F[,F…] in (0, 1), got {text!r}") from None
 
 
 def main(argv: Sequence[str]) -> None:
@@ -58,9 +66,10 @@ def main(argv: Sequence[str]) -> None:
                              "stress at P = 0.5 with its interval, and its shift against the baseline")
     parser.add_argument("--boundary-scale", default=defaults.boundary_scale, choices=["auto", "log", "linear"],
                         help="fit P(train) in log or linear stress (auto: log when every stress is positive)")
-    parser.add_argument("--train-fraction", type=float, default=defaults.train_fraction, metavar="F",
+    parser.add_argument("--train-fraction", default=str(defaults.train_fraction), metavar="F[,F…]",
                         help="a run trains if its late accuracy reaches chance + F × (1 − chance) and it never "
-                             f"collapses (default {defaults.train_fraction}: 82%% with 10 classes)")
+                             f"collapses (default {defaults.train_fraction}: 82%% with 10 classes); several (0.2,0.5,0.8): "
+                             "the boundary at each, side by side, the first deciding every other table")
     parser.add_argument("--alpha", type=float, default=defaults.alpha,
                         help=f"level after Holm's correction (default {defaults.alpha})")
     parser.add_argument("--family", help="a name for the family of comparisons this report corrects over")
@@ -74,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
                             match=_pair(args.match) or (),
                             equivalent=args.equivalent, equivalence=args.equivalence, robust=_pair(args.robust),
                             grid=_pair(args.grid), boundary=args.boundary, boundary_scale=args.boundary_scale,
-                            train_fraction=args.train_fraction, alpha=args.alpha,
+                            train_fractions=_fractions(args.train_fraction), alpha=args.alpha,
                             family=args.family, seed=args.seed, strict=args.strict)
     out = args.out or Path(args.paths[0]) / "report"
     text = build_report(args.paths, out, options)

@@ -36,6 +36,8 @@ class ReportOptions:
     boundary_scale: str = "auto"         # fit P(train) in log stress, linear stress, or (auto) log if all > 0
     train_fraction: float = 0.8          # a run trains if its late accuracy is this far from chance to perfect
                                          # (chance + f·(1 − chance)) and it never collapses
+    train_fractions: tuple[float, ...] = ()  # several thresholds: the boundary at each, side by side (the
+                                             # first is train_fraction, the one every other table uses)
     alpha: float = 0.05                  # level after Holm's correction
     family: Optional[str] = None         # a name for the family of comparisons the report corrects over
     seed: int = 0                        # the bootstrap's random seed
@@ -52,8 +54,14 @@ class ReportOptions:
                 raise HetsEpError(f"--{name} takes two keys KEY1,KEY2, got {','.join(keys)}")
         if self.equivalence is not None and not self.equivalence > 0:
             raise HetsEpError(f"--equivalence: the margin must be positive, got {self.equivalence}")
-        if not 0 < self.train_fraction < 1:
-            raise HetsEpError(f"--train-fraction: must lie in (0, 1), got {self.train_fraction}")
+        # frozen: the two fields are made consistent once, here
+        if self.train_fractions:
+            object.__setattr__(self, "train_fraction", self.train_fractions[0])
+        else:
+            object.__setattr__(self, "train_fractions", (self.train_fraction,))
+        for fraction in self.train_fractions:
+            if not 0 < fraction < 1:
+                raise HetsEpError(f"--train-fraction: must lie in (0, 1), got {fraction}")
         if self.boundary_scale not in boundary.SCALES:
             raise HetsEpError(f"--boundary-scale: unknown {self.boundary_scale!r}; choose one of "
                               f"{', '.join(boundary.SCALES)}")

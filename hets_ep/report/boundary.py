@@ -4,14 +4,18 @@ along a stress axis, per condition, and how far a condition moves that edge.
 The stress is one varying key — noise σ (``dynamics.noise``), ``ep.beta``, a learning-rate scale
 (``optimizer.lr_scale``), ``dt.mean``, ``ep.T1``, or depth (``model.hidden``: a list, whose
 length is the stress). Runs are grouped into *curves*: the conditions the report would form
-with the stress left out, each with its runs at every stress level and seed. Per curve: the
-share of runs that train at each level, the logistic fit of P(train) in the stress (or its
-logarithm: ``--boundary-scale``), the **boundary** (the stress at P = 0.5) with a percentile
-bootstrap interval over seeds (each seed resampled with all its runs), and whether the runs
-were separated (:func:`hets_ep.report.inference.fit_boundary`). Each curve is compared with its
-baseline curve (the report's ``--baseline`` and ``--match`` rules): the paired difference of
-boundaries (on the log scale, the log of their ratio), resampling the shared seeds jointly, its
-interval and bootstrap p, Holm over the curves compared.
+with the stress left out, each with its runs at every stress level and seed (labelled without
+the stress: along ``dt.mean`` a curve is the distribution and its cv, not a realised mean).
+Per curve and per "trained" threshold (``--train-fraction F[,F…]``, side by side, so a
+conclusion that flips with the threshold shows in one table): the share of runs that train at
+each level (a run that diverged or was stopped at chance did not), the logistic fit of P(train)
+in the stress (or its logarithm: ``--boundary-scale``; maximum likelihood, or Firth's penalised
+likelihood where the runs are separated, the estimator named), the **boundary** (the stress at
+P = 0.5) with a percentile bootstrap interval over seeds (each seed resampled with all its runs).
+Each curve is compared with its baseline curve (the report's ``--baseline`` and ``--match``
+rules): the paired difference of boundaries (on the log scale, the log of their ratio),
+resampling the shared seeds jointly, its interval and bootstrap p (ties split evenly), Holm over
+the curves compared at each threshold.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 
 from hets_ep.errors import HetsEpError
 from hets_ep.report import inference
-from hets_ep.report.runs import Condition, label, pairings, varying_keys
+from hets_ep.report.runs import Condition, label, pairings, trained, varying_keys
 
 if TYPE_CHECKING:
     from hets_ep.report.analysis import ReportOptions
@@ -52,7 +56,7 @@ def use_log(stresses: Sequence[float], scale: str) -> bool:
 
 def curves(conditions: Sequence[Condition], key: str) -> list[Condition]:
     """The conditions with the stress ``key`` left out, each holding its runs at every level
-    (its table with a ``stress`` column)."""
+    (its table with a ``stress`` column), labelled without the stress."""
     runs = [r for c in conditions for r in c.runs]
     varying = varying_keys(runs, leave_out=(key,))
     by_values: dict[tuple, list[Condition]] = {}
@@ -65,50 +69,57 @@ def curves(conditions: Sequence[Condition], key: str) -> list[Condition]:
         tables = [c.table.assign(stress=stress_value(c.values[key])) for c in members]
         curve = Condition({k: members[0].values.get(k) for k in varying}, [r for c in members for r in c.runs],
                           pd.concat(tables, ignore_index=True))
-        curve.label = label(curve, varying)
+        curve.label = label(curve, varying, realised=not key.startswith("dt."))
         out.append(curve)
     return out
 
 
-def _data(curve: Condition) -> pd.DataFrame:
-    """The curve's finished runs: seed, stress, trained."""
-    done = curve.finished.dropna(subset=["trained"])
-    return pd.DataFrame({"seed": done["seed"].to_numpy(), "stress": done["stress"].astype(float).to_numpy(),
-                         "trained": done["trained"].astype(bool).to_numpy()})
+def _data(curve: Condition, fraction: float) -> pd.DataFrame:
+    """The curve's runs whose outcome is known: seed, stress, trained at this threshold."""
+    t = curve.table
+    outcome = [trained(*row, fraction) for row in zip(t["status"], t["late"], t["collapse_count"], t["chance"])]
+    data = pd.DataFrame({"seed": t["seed"].to_numpy(), "stress": t["stress"].astype(float).to_numpy(),
+                         "trained": outcome})
+    data = data.dropna(subset=["trained"])
+    return data.assign(trained=data["trained"].astype(bool))
 
 
 def analyse(conditions: Sequence[Condition], options: ReportOptions) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    """``(per-curve table, per-comparison table, fitted in log stress)``."""
+    """``(per-curve table, per-comparison table, fitted in log stress)``, one block of rows per
+    "trained" threshold (column ``train_fraction``)."""
     key = options.boundary
     lines = curves(conditions, key)
     stresses = sorted({s for c in lines for s in c.table["stress"]})
     log = use_log(stresses, options.boundary_scale)
-    rows = []
-    for curve in lines:
-        data = _data(curve)
-        fit = inference.fit_boundary(data["stress"], data["trained"], log)
-        low, high, found = inference.boundary_interval(data, log, options.seed)
-        levels = data.groupby("stress")["trained"].agg(["mean", "size"])
-        rows.append({"condition": curve.label, "keys": curve.keys_text(), "key": key, "runs": len(data),
-                     "seeds": data["seed"].nunique(), "boundary": fit.boundary, "ci_low": low, "ci_high": high,
-                     "resamples_found": found, "slope": fit.slope, "intercept": fit.intercept,
-                     "separated": fit.separated, "scale": "log" if log else "linear",
-                     "position": _position(fit, data),
-                     "trained_by_level": " ".join(f"{s:g}:{100 * m:.0f}%/{int(n)}" for s, (m, n) in levels.iterrows())})
-    table = pd.DataFrame(rows)
-    tests = []
-    for pair in pairings(lines, "dt.dist=scalar" if options.baseline == "best" else options.baseline, options.match,
-                         options.metric):
-        if pair.baseline is None:
-            continue
-        diff = inference.boundary_difference(_data(pair.condition), _data(pair.baseline), log, options.seed)
-        tests.append({"condition": pair.condition.label, "baseline": pair.baseline.label,
-                      "scale": "log ratio" if log else "difference", **diff})
-    frame = pd.DataFrame(tests)
-    if len(frame):
-        frame["p_holm"] = inference.holm([p if inference.finite(p) else None for p in frame["p"]], options.alpha)
-        frame["verdict"] = [_verdict(r, options.alpha) for r in frame.itertuples()]
-    return table, frame, log
+    rows, tests = [], []
+    pairs = [p for p in pairings(lines, "dt.dist=scalar" if options.baseline == "best" else options.baseline,
+                                 options.match, options.metric) if p.baseline is not None]
+    for fraction in options.train_fractions:
+        for curve in lines:
+            data = _data(curve, fraction)
+            fit = inference.fit_boundary(data["stress"], data["trained"], log)
+            low, high, found = inference.boundary_interval(data, log, options.seed)
+            levels = data.groupby("stress")["trained"].agg(["mean", "size"])
+            rows.append({"train_fraction": fraction, "condition": curve.label, "keys": curve.keys_text(), "key": key,
+                         "runs": len(data), "seeds": data["seed"].nunique(), "boundary": fit.boundary,
+                         "ci_low": low, "ci_high": high, "resamples_found": found, "slope": fit.slope,
+                         "intercept": fit.intercept, "separated": fit.separated, "estimator": fit.estimator,
+                         "scale": "log" if log else "linear", "position": _position(fit, data),
+                         "trained_by_level": " ".join(f"{s:g}:{100 * m:.0f}%/{int(n)}"
+                                                      for s, (m, n) in levels.iterrows())})
+        block = []
+        for pair in pairs:
+            diff = inference.boundary_difference(_data(pair.condition, fraction), _data(pair.baseline, fraction), log,
+                                                 options.seed)
+            block.append({"train_fraction": fraction, "condition": pair.condition.label,
+                          "baseline": pair.baseline.label, "scale": "log ratio" if log else "difference", **diff})
+        if block:
+            holm = inference.holm([b["p"] if inference.finite(b["p"]) else None for b in block], options.alpha)
+            for b, p_holm in zip(block, holm):
+                b["p_holm"] = p_holm
+                b["verdict"] = _verdict(b, options.alpha)
+        tests += block
+    return pd.DataFrame(rows), pd.DataFrame(tests), log
 
 
 def _position(fit: inference.Boundary, data: pd.DataFrame) -> str:
@@ -117,40 +128,56 @@ def _position(fit: inference.Boundary, data: pd.DataFrame) -> str:
     return "every run trains" if data["trained"].all() else "no run trains"
 
 
-def _verdict(row, alpha: float) -> str:
-    if not inference.finite(row.p):
+def _verdict(row: dict, alpha: float) -> str:
+    if not inference.finite(row["p"]):
         return "no boundary to compare"
-    if inference.finite(row.p_holm) and row.p_holm < alpha:
-        return "boundary at higher stress" if row.difference > 0 else "boundary at lower stress"
-    return "trend (not after Holm)" if row.p < alpha else "no evidence"
+    if inference.finite(row["p_holm"]) and row["p_holm"] < alpha:
+        return "boundary at higher stress" if row["difference"] > 0 else "boundary at lower stress"
+    return "trend (not after Holm)" if row["p"] < alpha else "no evidence"
 
 
 def markdown(table: pd.DataFrame, tests: pd.DataFrame, key: str, log: bool, alpha: float) -> list[str]:
-    """The report's section on the boundaries."""
+    """The report's section on the boundaries: every threshold side by side."""
     from hets_ep.report.tables import md_interval, md_p, md_table
 
+    fractions = sorted(table["train_fraction"].unique())
+    primary = table["train_fraction"].iloc[0]
     lines = [f"### Stability boundaries along {key}", "",
-             f"P(train) against {key} per condition, a logistic fit in "
-             f"{'log ' if log else ''}{key} (statsmodels GLM, binomial; a weak ridge penalty on the slope where the "
-             f"runs are separated); the boundary is the {key} at P = 0.5, with a 95% percentile bootstrap interval "
-             "over seeds (each resampled with all its runs).", ""]
-    lines += md_table(["condition", "runs (seeds)", "trained by level (share/runs)", f"boundary {key} [95% CI]",
-                     "separated", "position"],
-                    [[r["condition"], f"{r['runs']} ({r['seeds']})", r["trained_by_level"],
-                      md_interval(r["boundary"], r["ci_low"], r["ci_high"], 4, signed=False), "yes" if r["separated"]
-                      else "no", r["position"]] for _, r in table.iterrows()])
+             f"P(train) against {key} per condition, a logistic fit in {'log ' if log else ''}{key} (maximum "
+             "likelihood, statsmodels GLM; where the runs are separated, Firth's penalised likelihood, firthmodels: "
+             "the estimator column names which); the boundary is the "
+             f"{key} at P = 0.5, with a 95% percentile bootstrap interval over seeds (each resampled with all its "
+             "runs). A run trains when its late accuracy reaches chance + F × (1 − chance) and it never collapses; "
+             "a run that diverged or was stopped at chance does not. Each threshold F is a column: a conclusion that "
+             f"changes with F shows here. Shares by level are at F = {primary:g}.", ""]
+    rows = []
+    for condition, block in table.groupby("condition", sort=False):
+        by_f = block.set_index("train_fraction")
+        first = by_f.loc[primary]
+        cells = [f"{md_interval(by_f.loc[f, 'boundary'], by_f.loc[f, 'ci_low'], by_f.loc[f, 'ci_high'], 4, signed=False)}"
+                 f" ({_estimator_text(by_f.loc[f])})" for f in fractions]
+        rows.append([condition, f"{first['runs']} ({first['seeds']})", first["trained_by_level"], *cells])
+    lines += md_table(["condition", "runs (seeds)", f"trained by level at F = {primary:g} (share/runs)",
+                       *(f"boundary at F = {f:g} [95% CI] (estimator)" for f in fractions)], rows)
     if len(tests):
         what = "log of the ratio of boundaries" if log else "difference of boundaries"
-        lines += ["", f"Boundary shift, condition against baseline ({what}; shared seeds resampled jointly; "
-                      f"bootstrap p; Holm over these comparisons at α = {alpha:g}):", ""]
-        lines += md_table(["condition", "baseline", "seeds", "shift [95% CI]", *(["ratio"] if log else []),
-                         "p (bootstrap)", "p (Holm)", "verdict"],
-                        [[r["condition"], r["baseline"], str(r["seeds"]),
-                          md_interval(r["difference"], r["ci_low"], r["ci_high"], 3),
-                          *([f"{np.exp(r['difference']):.2f}×" if inference.finite(r["difference"]) else "–"]
-                            if log else []), md_p(r["p"]), md_p(r["p_holm"]), r["verdict"]]
-                         for _, r in tests.iterrows()])
+        lines += ["", f"Boundary shift, condition against baseline, at each threshold ({what}; shared seeds "
+                      "resampled jointly; bootstrap p = 2 min(P(Δ < 0), P(Δ > 0)) with resamples of Δ = 0 counted "
+                      f"half on each side; Holm over the comparisons of one threshold at α = {alpha:g}):", ""]
+        lines += md_table(["condition", "baseline", "F", "seeds", "shift [95% CI]", *(["ratio"] if log else []),
+                           "p (bootstrap)", "p (Holm)", "verdict"],
+                          [[r["condition"], r["baseline"], f"{r['train_fraction']:g}", str(r["seeds"]),
+                            md_interval(r["difference"], r["ci_low"], r["ci_high"], 3),
+                            *([f"{np.exp(r['difference']):.2f}×" if inference.finite(r["difference"]) else "–"]
+                              if log else []), md_p(r["p"]), md_p(r["p_holm"]), r["verdict"]]
+                           for _, r in tests.iterrows()])
     return lines
+
+
+def _estimator_text(row) -> str:
+    if not inference.finite(row["boundary"]):
+        return row["position"]
+    return "Firth" if row["separated"] else "ML"
 
 
 def figure(out, table: pd.DataFrame, lines: Sequence[Condition], key: str, log: bool) -> str:
@@ -161,8 +188,9 @@ def figure(out, table: pd.DataFrame, lines: Sequence[Condition], key: str, log: 
     plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = iter(["-", "--", ":", "-."] * 8)
-    for curve, (_, row) in zip(lines, table.iterrows()):
-        data = _data(curve)
+    fraction = table["train_fraction"].iloc[0]
+    for curve, (_, row) in zip(lines, table[table["train_fraction"] == fraction].iterrows()):
+        data = _data(curve, fraction)
         shares = data.groupby("stress")["trained"].mean()
         style = next(styles)
         ax.plot(shares.index, shares.to_numpy(), "o", color=colour(curve), ms=5)
@@ -181,7 +209,7 @@ def figure(out, table: pd.DataFrame, lines: Sequence[Condition], key: str, log: 
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel(key)
     ax.set_ylabel("share of runs that train")
-    ax.set_title("P(train): share per level (dots), logistic fit (lines), boundary 95% CI (bar at 0.5)")
+    ax.set_title(f"P(train) at F = {fraction:g}: share per level (dots), logistic fit (lines), 95% CI (bar at 0.5)")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(alpha=0.3)
     plotting.save(fig, out / "boundary.png")

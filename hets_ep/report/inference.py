@@ -14,8 +14,9 @@ on the log scale: the paired differences of ``log`` values, their mean turned ba
 geometric-mean ratio with its interval (:func:`log_ratio`).
 
 Stability boundaries: the probability that a run trains, as a logistic function of a stress
-(``statsmodels`` GLM, binomial family, logit link) in the stress or its logarithm; the boundary
-is the stress at P = 0.5 (:func:`fit_boundary`).
+(``statsmodels`` GLM, binomial family, logit link; where the runs are separated, Firth's
+penalised likelihood from ``firthmodels``) in the stress or its logarithm; the boundary is the
+stress at P = 0.5 (:func:`fit_boundary`).
 
 Beside the means: the spread of a metric across seeds in two conditions is compared with the
 Brown–Forsythe test (``scipy.stats.levene`` centred at the median; it treats the two groups as
@@ -201,23 +202,25 @@ def log_ratio(condition: Sequence[float], baseline: Sequence[float], seed: int =
 
 
 # Under complete separation (every run below a stress fails, every run above trains) the
-# likelihood grows without bound as the slope does; a weak ridge penalty on the slope alone
-# (of the standardised stress) keeps it finite and puts the boundary between the two groups.
-SEPARATION_RIDGE = 1e-2
+# likelihood grows without bound as the slope does: such a fit uses Firth's penalised likelihood
+# (Firth 1993; firthmodels), which stays finite and puts the boundary between the two groups.
+ESTIMATORS = ("maximum likelihood", "Firth")
 
 
 @dataclasses.dataclass
 class Boundary:
     """A logistic fit ``P(train) = 1 / (1 + exp(−(b0 + b1 x)))`` with ``x`` the stress (or its
     log): the boundary (the stress at P = 0.5; None where the fit has no crossing: every run
-    trains, or none does), the coefficients on the stress scale, and whether the runs were
-    separated (the ridge fit was used)."""
+    trains, or none does), the coefficients on the stress scale, whether the runs were
+    separated, and the estimator that fitted them (maximum likelihood, or Firth's where
+    separated)."""
 
     boundary: Optional[float]
     intercept: Optional[float]
     slope: Optional[float]
     separated: bool
     runs: int
+    estimator: Optional[str] = None
 
 
 def separated(x: np.ndarray, trained: np.ndarray) -> bool:
@@ -229,25 +232,28 @@ def separated(x: np.ndarray, trained: np.ndarray) -> bool:
 
 def fit_boundary(stress: Sequence[float], trained: Sequence[bool], log: bool = False) -> Boundary:
     """The logistic fit of ``trained`` against ``stress`` (its logarithm with ``log``) and the
-    stress at P = 0.5 (see :class:`Boundary`)."""
+    stress at P = 0.5 (see :class:`Boundary`): statsmodels' maximum likelihood, or where the runs
+    are separated Firth's penalised likelihood (firthmodels)."""
     s, t = np.asarray(stress, np.float64), np.asarray(trained, bool)
     x = np.log(s) if log else s
     if t.all() or not t.any() or np.ptp(x) == 0:
         return Boundary(None, None, None, False, int(t.size))
     centre, scale = float(x.mean()), float(x.std())
-    design = sm.add_constant((x - centre) / scale)
-    model = sm.GLM(t.astype(np.float64), design, family=sm.families.Binomial())
+    z = (x - centre) / scale
     split = separated(x, t)
     if split:
-        fitted = model.fit_regularized(alpha=np.array([0.0, SEPARATION_RIDGE]), L1_wt=0.0)
+        from firthmodels import FirthLogisticRegression
+
+        fitted = FirthLogisticRegression(max_iter=100).fit(z[:, None], t.astype(int))
+        a, b = float(fitted.intercept_), float(fitted.coef_[0])
     else:
-        fitted = model.fit()
-    a, b = (float(v) for v in fitted.params)
+        a, b = (float(v) for v in sm.GLM(t.astype(np.float64), sm.add_constant(z),
+                                         family=sm.families.Binomial()).fit().params)
     slope, intercept = b / scale, a - b * centre / scale
     crossing = -intercept / slope if slope != 0 else None
     if crossing is not None and log:
         crossing = float(np.exp(crossing))
-    return Boundary(crossing, intercept, slope, split, int(t.size))
+    return Boundary(crossing, intercept, slope, split, int(t.size), ESTIMATORS[split])
 
 
 def boundary_interval(data: pd.DataFrame, log: bool, seed: int = 0, resamples: int = 1000,
@@ -263,8 +269,9 @@ def boundary_difference(condition: pd.DataFrame, baseline: pd.DataFrame, log: bo
                         resamples: int = 1000, level: float = 0.95) -> dict:
     """The paired difference of two conditions' boundaries (condition − baseline; on the log
     scale with ``log``: the log of their ratio), resampling the seeds they share jointly: the
-    estimate, a percentile interval, the bootstrap p-value ``2 min(P(Δ ≤ 0), P(Δ ≥ 0))`` and the
-    share of resamples in which both boundaries exist."""
+    estimate, a percentile interval, the bootstrap p-value with ties split evenly,
+    ``2 min(P(Δ < 0) + P(Δ = 0)/2, P(Δ > 0) + P(Δ = 0)/2)`` (a resample whose two boundaries
+    coincide counts half on each side), and the share of resamples in which both exist."""
     shared = sorted(set(condition["seed"]) & set(baseline["seed"]))
     a, b = condition[condition["seed"].isin(shared)], baseline[baseline["seed"].isin(shared)]
     fa, fb = (fit_boundary(d["stress"], d["trained"], log).boundary for d in (a, b))
@@ -276,7 +283,8 @@ def boundary_difference(condition: pd.DataFrame, baseline: pd.DataFrame, log: bo
     p = None
     if len(diffs) >= 0.5 * resamples:
         d = np.asarray(diffs)
-        p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+        ties = np.mean(d == 0) / 2
+        p = float(min(1.0, 2 * min(np.mean(d < 0) + ties, np.mean(d > 0) + ties)))
     return {"seeds": len(shared), "difference": estimate, "ci_low": low, "ci_high": high, "p": p, "found": found}
 
 

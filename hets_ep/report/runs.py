@@ -29,7 +29,7 @@ import pandas as pd
 
 from hets_ep import record, stability
 from hets_ep.errors import HetsEpError
-from hets_ep.record import FINISHED, RunRecord
+from hets_ep.record import FAILED_TO_TRAIN, FINISHED, RunRecord
 
 TREATMENT = ("dt.", "dynamics.")
 # Per-run metrics a comparison can use, with their direction: +1 larger is better, −1 smaller.
@@ -70,10 +70,16 @@ def chance(run: RunRecord) -> float:
     return 1.0 / (run.summary.classes or 10)
 
 
-def train_level(run: RunRecord, fraction: float) -> float:
-    """The late accuracy at which a run counts as trained: ``fraction`` of the way from chance to
-    perfect (0.8 on 10 classes: 82%), so that the rule means the same on every dataset."""
-    return chance(run) + fraction * (1.0 - chance(run))
+def trained(status: str, late: Optional[float], collapse_count: Optional[int], chance_level: float,
+            fraction: float) -> Optional[bool]:
+    """Whether a run trained: finished, late accuracy at least ``fraction`` of the way from chance to
+    perfect, never collapsed; a run that diverged or was stopped at chance did not (even one that
+    ended before its first epoch's row). None for a run that has not finished."""
+    if status in [str(s) for s in FAILED_TO_TRAIN]:
+        return False
+    if status not in [str(s) for s in FINISHED] or late is None:
+        return None
+    return bool(late >= chance_level + fraction * (1.0 - chance_level) and not collapse_count)
 
 
 def run_metrics(run: RunRecord, train_fraction: float) -> dict:
@@ -98,8 +104,8 @@ def run_metrics(run: RunRecord, train_fraction: float) -> dict:
         "jitter": st.get("jitter") if finished else None,
         "collapse_count": collapse_count, "collapse": bool(collapse_count) if finished else None,
         "never_learned": st.get("never_learned") if finished else None,
-        "trained": (late is not None and late >= train_level(run, train_fraction) and not collapse_count)
-        if finished else None,
+        "chance": chance(run),
+        "trained": trained(summary.status, late, collapse_count, chance(run), train_fraction),
         "late_epochs": min(window, summary.epochs_completed) if finished else None,
         "loss_spikes": st.get("loss_spikes") if finished else None,
         "relaxation_steps": st.get("relaxation_steps") if finished else None,
@@ -217,10 +223,11 @@ def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, repr(value))
 
 
-def label(cond: Condition, varying: Sequence[str]) -> str:
+def label(cond: Condition, varying: Sequence[str], realised: bool = True) -> str:
     """A short name: the distribution with the *realised* value of the statistic its draws
     matched (``μ`` the mean, ``geomean``, ``hmean`` = Δt / mean τ) and cv, then the other keys by
-    their last component (``T2=100 lr_scale=4``)."""
+    their last component (``T2=100 lr_scale=4``). Without ``realised`` (a curve along a dt key,
+    whose levels change the statistic) the distribution, its cv and the statistic it matches."""
     parts = []
     if any(k.startswith(TREATMENT) for k in varying):
         config = cond.runs[0].config
@@ -229,9 +236,11 @@ def label(cond: Condition, varying: Sequence[str]) -> str:
         if dist == "scalar":
             name, column = MATCHED["mean"]
         value, cv = cond.table[column].astype(float).mean(), cond.table["dt_cv"].astype(float).mean()
-        shown = f"{dist} {name}={value:.2f}" if not math.isnan(value) else str(dist)
+        shown = f"{dist} {name}={value:.2f}" if realised and not math.isnan(value) else str(dist)
         if dist != "scalar" and not math.isnan(cv):
             shown += f" cv={cv:.2f}"
+        if not realised and dist != "scalar":
+            shown += f" ({name}-matched)"
         parts.append(shown)
     keys = [k for k in varying if k not in ("dt.dist", "dt.mean", "dt.cv")]
     shorts = [k.rsplit(".", 1)[-1] for k in keys]
