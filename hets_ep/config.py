@@ -301,9 +301,11 @@ class TrainLoopConfig:
     check_every: int = key(50, condition=False, resume=True)  # batches between divergence checks
     progress: bool = key(True, condition=False, resume=True)
     parallel_seeds: int = key(1, condition=False)  # K seeds seed … seed+K−1 in one vmap-ed program
+    stop_on_collapse: bool = key(False, resume=True)  # end a run at chance for collapse_patience epochs (stopped)
+    collapse_patience: int = key(2, resume=True)     # … epochs in a row below chance + stability.chance_margin
 
     def __post_init__(self):
-        for key in ("epochs", "batch_size", "eval_batch_size", "check_every", "parallel_seeds"):
+        for key in ("epochs", "batch_size", "eval_batch_size", "check_every", "parallel_seeds", "collapse_patience"):
             _count(f"train.{key}", getattr(self, key))
         _number("train.explode_threshold", self.explode_threshold, low=0, strict_low=True)
 
@@ -321,6 +323,7 @@ class StabilityConfig:
     spike_factor: float = key(4.0)     # a loss spike: a log batch loss this many robust SDs above the median
     spike_floor: float = key(2.0)      # … and at least this multiple of the median loss
     spike_window: int = key(50)        # … of the last this many batches
+    spike_min_loss: float = key(0.01)  # … and at least this loss: a batch whose loss is tiny is no spike
     spectral_batch: int = key(64, evaluate=True)  # the spectral radius of the relaxation step: on this many test images
     spectral_iters: int = key(40, evaluate=True)  # … by this many power iterations (0: not measured)
     gradcheck_every: int = key(0)      # EP-vs-BPTT cosine on a probe batch every N epochs (0: off)
@@ -332,6 +335,7 @@ class StabilityConfig:
         _number("stability.spike_factor", self.spike_factor, low=0, strict_low=True)
         _number("stability.spike_floor", self.spike_floor, low=1, strict_low=True)
         _count("stability.spike_window", self.spike_window)
+        _number("stability.spike_min_loss", self.spike_min_loss, low=0)
         _count("stability.spectral_batch", self.spectral_batch)
         _count("stability.spectral_iters", self.spectral_iters, low=0)
         _count("stability.jitter_window", self.jitter_window)

@@ -34,7 +34,7 @@ from hets_ep.errors import HetsEpError
 if TYPE_CHECKING:
     from hets_ep.config import Config
 
-RECORD_VERSION = 4
+RECORD_VERSION = 5
 
 CONFIG = Path(".hydra") / "config.yaml"
 METRICS = "metrics.jsonl"
@@ -124,7 +124,8 @@ class Summary:
     ``best_acc``/``best_epoch`` are read on the monitored split (``val`` with a validation
     split, else ``test``), ``test_acc_at_best`` is the test accuracy at that epoch, and
     ``late_test_acc`` the mean test accuracy over the last ``stability.late_window`` epochs
-    (the report's primary metric). A run that failed holds ``error``.
+    (the report's primary metric). A run that failed holds ``error``; one stopped at chance
+    (``status: stopped``) its ``stop_reason``, after ``epochs_completed`` epochs.
     """
 
     status: str
@@ -146,6 +147,7 @@ class Summary:
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)  # host, Slurm job and restarts
     classes: Optional[int] = None  # of the dataset (chance level is 1/classes)
     error: Optional[str] = None
+    stop_reason: Optional[str] = None  # status stopped: why it ended early (train.stop_on_collapse), after epochs_completed
     version: int = RECORD_VERSION
 
 
@@ -171,7 +173,8 @@ class RunRecord:
 
 
 def summarize(rows: list[EpochRow], status: str, seed: int, cfg: Config, classes: int, *, dt: dict,
-              timings: dict, versions: dict, runtime: dict, diverged_epoch: Optional[int] = None) -> Summary:
+              timings: dict, versions: dict, runtime: dict, diverged_epoch: Optional[int] = None,
+              stop_reason: Optional[str] = None) -> Summary:
     """The summary of a run from its rows: the one place its statistics are computed."""
     monitor = cfg.monitor
     watched = [getattr(r, f"{monitor}_acc") for r in rows]
@@ -187,7 +190,7 @@ def summarize(rows: list[EpochRow], status: str, seed: int, cfg: Config, classes
         late_test_acc=stability.late_mean(tests, cfg.stability.late_window),
         final_train_acc=rows[-1].train_acc if rows else None,
         stability=stability.run_statistics(rows, monitor, classes, cfg.stability, diverged_epoch),
-        dt=dt, timings=timings, versions=versions, runtime=runtime, classes=classes,
+        dt=dt, timings=timings, versions=versions, runtime=runtime, classes=classes, stop_reason=stop_reason,
     )
 
 
@@ -364,10 +367,11 @@ def _known_classes(dataset: Optional[str]) -> Optional[int]:
 
 # Keys renamed since version 1: version 4 named the update order `dynamics.update_order`.
 _RENAMED_KEYS = {"dynamics.schedule": "dynamics.update_order"}
-# Keys added to the config since version 1, at the values that reproduce what older runs ran.
+# Keys added to the config since version 1, at the values that reproduce what older runs ran
+# (version 5 added the loss spikes' absolute floor: none before).
 _ADDED_KEYS = {"dt.match": "mean", "dt.layers": None, "dynamics.integrator": "euler", "dynamics.update_order": "sync",
                "dynamics.noise": 0.0, "dynamics.noise_mode": "step", "dynamics.noise_eval": False, "ep.N": 4,
-               "ep.tol": None, "ep.tol_every": 5}
+               "ep.tol": None, "ep.tol_every": 5, "stability.spike_min_loss": 0.0}
 
 
 def _upgrade_config(flat: dict[str, Any]) -> dict[str, Any]:

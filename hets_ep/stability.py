@@ -17,16 +17,21 @@ test) and running best ``b_t = max_{s≤t} a_s``:
   choosing a condition without looking at the test set.
 * **loss spikes**: training batches whose log loss rose above the median of the previous
   ``spike_window`` batches' log losses by more than ``spike_factor`` robust standard deviations
-  (1.4826 × the median absolute deviation) and by at least a factor ``spike_floor`` (counted on
-  device, per epoch; summed over the run). On the log scale against the losses' own spread, a
-  run whose loss falls smoothly has none however small its loss gets (record version 4; older
-  records counted batches above 3 × the median, which counted more the better a run trained).
+  (1.4826 × the median absolute deviation) and by at least a factor ``spike_floor``, and whose
+  loss is at least ``spike_min_loss`` (counted on device, per epoch; summed over the run). On
+  the log scale against the losses' own spread, a run whose loss falls smoothly has none however
+  small its loss gets, and a batch whose loss is tiny is none whatever its ratio (record version
+  5; version 4 had no absolute floor and counted the batch-to-batch fluctuations of a near-zero
+  loss; older records counted batches above 3 × the median).
 * **relaxation steps**: the steps every phase of every training batch took, summed over the
   run (the compute a condition spends; with ``ep.tol`` it varies).
 * **spectral radius**: of the relaxation step's Jacobian at the free fixed point of a fixed
   test batch (:func:`hets_ep.dynamics.spectral_radius`), averaged over the late window.
 * **divergence**: the epoch where NaN/inf or an exploding state (``|s| > explode_threshold``)
   first appeared (recorded by the runner; the run stops there with ``status: diverged``).
+* **stopped at chance** (``train.stop_on_collapse``): the monitored accuracy stayed below
+  ``1/classes + chance_margin`` for ``train.collapse_patience`` epochs in a row; the run ends
+  there with ``status: stopped`` and its reason (:func:`at_chance`), and counts as not trained.
 * **relaxation health** (from the free phase on the test set): residuals, the share of
   samples whose fixed-point residual exceeds ``residual_tol``, oscillation. Under state noise
   the residual has a floor set by the noise (:func:`noise_floor`).
@@ -127,6 +132,17 @@ def epoch_monitors(accs: Sequence[float], drop: float) -> dict:
     a = np.asarray(accs, np.float64)
     return {"best_acc": float(a.max()), "drawdown": float(drawdowns(a)[-1]),
             "collapses_so_far": len(collapses(a, drop))}
+
+
+def at_chance(accs: Sequence[float], classes: int, margin: float, patience: int) -> Optional[str]:
+    """Why a run should stop at chance (``train.stop_on_collapse``): its last ``patience``
+    accuracies all below ``1/classes + margin``; None if it should go on."""
+    level = 1.0 / classes + margin
+    recent = list(accs)[-patience:]
+    if len(recent) < patience or max(recent) >= level:
+        return None
+    return (f"accuracy below chance + {margin:g} ({100 * level:.1f}%) for {patience} epochs in a row "
+            f"(train.stop_on_collapse)")
 
 
 def late_mean(values: Sequence[Optional[float]], window: int) -> Optional[float]:

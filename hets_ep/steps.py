@@ -155,18 +155,19 @@ _LOSS_FLOOR = 1e-12
 
 
 def _spike(recent: jax.Array, loss: jax.Array, step: jax.Array, factor: float,
-           floor: float) -> tuple[jax.Array, jax.Array]:
+           floor: float, min_loss: float) -> tuple[jax.Array, jax.Array]:
     """``(is the batch loss a spike, the updated ring)``. On the log scale, a spike rises above
     the median of the previous ``len(recent)`` batch losses by more than ``factor`` robust
     standard deviations of them (1.4826 × their median absolute deviation) and by at least a
-    factor ``floor``, once that many were seen: batch-to-batch wiggles, which grow relative to
-    the loss as it falls, are not spikes."""
+    factor ``floor``, once that many were seen, and the loss is at least ``min_loss``:
+    batch-to-batch wiggles, which grow relative to the loss as it falls, are not spikes, and a
+    batch whose loss is tiny is none whatever its ratio to the median."""
     window = recent.shape[0]
     logs = jnp.log(jnp.maximum(recent, _LOSS_FLOOR))
     centre = jnp.nanmedian(logs)
     spread = 1.4826 * jnp.nanmedian(jnp.abs(logs - centre))
     rise = jnp.log(jnp.maximum(loss, _LOSS_FLOOR)) - centre
-    spike = (step >= window) & (rise > jnp.maximum(factor * spread, jnp.log(floor)))
+    spike = (step >= window) & (rise > jnp.maximum(factor * spread, jnp.log(floor))) & (loss >= min_loss)
     return spike, recent.at[step % window].set(loss)
 
 
@@ -190,7 +191,7 @@ def make_train_step(net: Network, phases: EPConfig, dynamics: DynamicsConfig, tx
                            stability.residual_tol)
         batch_loss = jnp.mean(net.loss_per_sample(state.params, est.free.state, batch.y))
         spike, recent = _spike(state.recent_loss, batch_loss, state.step, stability.spike_factor,
-                               stability.spike_floor)
+                               stability.spike_floor, stability.spike_min_loss)
         updates, opt_state = tx.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, jax.tree.map(lambda u: hyper.lr_scale * u, updates))
         sums = sums._replace(finite=sums.finite & _all_finite(params), loss_spikes=sums.loss_spikes + spike)

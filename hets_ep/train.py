@@ -58,14 +58,16 @@ class Member:
     rows: list[record.EpochRow] = dataclasses.field(default_factory=list)
     status: str = Status.RUNNING
     diverged_epoch: int | None = None
+    stop_reason: str | None = None
 
     def meta(self) -> dict:
         return {"rows": [dataclasses.asdict(r) for r in self.rows], "status": str(self.status),
-                "diverged_epoch": self.diverged_epoch}
+                "diverged_epoch": self.diverged_epoch, "stop_reason": self.stop_reason}
 
     def load(self, meta: dict) -> None:
         self.rows = [record.EpochRow(**r) for r in meta["rows"]]
         self.status, self.diverged_epoch = Status(meta["status"]), meta["diverged_epoch"]
+        self.stop_reason = meta.get("stop_reason")
 
 
 class Trainer:
@@ -151,7 +153,8 @@ class Trainer:
                        "samples_per_s": stability.mean_or_none([r.samples_per_s for r in member.rows])}
             summaries.append(record.summarize(member.rows, own, member.seed, member.cfg, self.data.classes,
                                               dt=member.dt_stats, timings=timings, versions=provenance.versions(),
-                                              runtime=provenance.job(), diverged_epoch=member.diverged_epoch))
+                                              runtime=provenance.job(), diverged_epoch=member.diverged_epoch,
+                                              stop_reason=member.stop_reason))
             record.write_summary(member.dir, summaries[-1])
             if own != Status.RUNNING and member.rows:
                 plotting.learning_curve(member.dir / record.LEARNING_CURVE, member.rows)
@@ -279,11 +282,26 @@ class Trainer:
                      row.samples_per_s * len(self.members))
         if test:
             self._mark_unhealthy(test, self.epoch + 1)
+        if cfg.train.stop_on_collapse:
+            self._stop_at_chance()
         self.epoch, self.batch = self.epoch + 1, 0
         self.state = self.state._replace(sums=self._zero_sums())
         self.elapsed += epoch_time
         self.save()
         self.write(Status.RUNNING)
+
+    def _stop_at_chance(self) -> None:
+        """``train.stop_on_collapse``: end every member whose monitored accuracy has stayed at
+        chance for ``train.collapse_patience`` epochs (status stopped, with the reason)."""
+        cfg = self.cfg
+        for k in self.active:
+            member = self.members[k]
+            reason = stability.at_chance([getattr(r, f"{cfg.monitor}_acc") for r in member.rows], self.data.classes,
+                                         cfg.stability.chance_margin, cfg.train.collapse_patience)
+            if reason is not None:
+                member.status, member.stop_reason = Status.STOPPED, f"{reason}, after epoch {len(member.rows)}"
+                log.info("%sseed %d stopped: %s", f"{self.names[k]}: " if self.names[k] else "", member.seed,
+                         member.stop_reason)
 
     def _check_stop(self, start: float) -> None:
         """On SIGINT/SIGTERM: checkpoint where the run stands, write ``status: interrupted`` and

@@ -66,10 +66,10 @@ def test_members_with_their_own_beta_and_rate_scale_step_as_each_would_alone(mni
     assert not np.allclose(weights[0], weights[1]) and not np.allclose(weights[0], weights[2])
 
 
-def _spikes(losses, factor: float = 4.0, floor: float = 2.0, window: int = 50) -> list[int]:
+def _spikes(losses, factor: float = 4.0, floor: float = 2.0, window: int = 50, min_loss: float = 0.0) -> list[int]:
     recent, found = jnp.full((window,), jnp.nan), []
     for step_number, loss in enumerate(losses):
-        spike, recent = steps._spike(recent, jnp.float32(loss), jnp.int32(step_number), factor, floor)
+        spike, recent = steps._spike(recent, jnp.float32(loss), jnp.int32(step_number), factor, floor, min_loss)
         if spike:
             found.append(step_number)
     return found
@@ -90,6 +90,18 @@ def test_a_smoothly_improving_run_has_no_spikes_and_an_injected_jump_is_found():
     assert _spikes(jumped) == [150, 400]
     assert sum(loss > 3 * np.median(smooth[i - 50:i]) for i, loss in enumerate(smooth) if i >= 50) > 5  # old rule
     assert _spikes([1.0] * 60 + [1.5]) == [] and _spikes([1.0] * 60 + [2.5]) == [60]  # the floor: a doubling
+
+
+def test_a_batch_whose_loss_is_tiny_is_no_spike_whatever_its_ratio():
+    """Near-zero losses (as in Study 5's late epochs, below 0.005) fluctuate by large ratios: a
+    jump from 0.001 to 0.008 is eight times the median but no spike under the absolute floor
+    (stability.spike_min_loss, 0.01 by default); a jump to 0.05 still is."""
+    from hets_ep.config import StabilityConfig
+
+    floor = StabilityConfig().spike_min_loss
+    flat = [0.001] * 60
+    assert _spikes([*flat, 0.008]) == [60] and _spikes([*flat, 0.008], min_loss=floor) == []
+    assert _spikes([*flat, 0.05], min_loss=floor) == [60]
 
 
 def test_eval_step_masks_padding_and_shares_the_batch(mnist):

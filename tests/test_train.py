@@ -44,6 +44,23 @@ def test_nan_weights_stop_the_run_as_diverged(tmp_path):
     assert record.read_summary(tmp_path).status == "diverged"
 
 
+def test_a_run_at_chance_stops_early_with_its_reason_and_counts_as_not_trained(tmp_path):
+    """train.stop_on_collapse: a run that cannot learn (a rate of 1e-9) is at chance after epoch 1
+    and 2 and stops there, status stopped, the reason in its record; a run that learns goes on.
+    The report counts the stopped run as finished and not trained."""
+    from hets_ep.report import ReportOptions, analyse
+
+    stuck, = train_here(tmp_path / "stuck", "train.epochs=5", "train.stop_on_collapse=true", "optimizer.lr=[1e-9]")
+    assert stuck.status == "stopped" and stuck.epochs_completed == 2
+    assert stuck.stop_reason.startswith("accuracy below chance + 0.05 (15.0%) for 2 epochs in a row")
+    assert stuck.stop_reason.endswith("after epoch 2") and record.read_summary(tmp_path / "stuck") == stuck
+    learns, = train_here(tmp_path / "learns", "train.epochs=3", "train.stop_on_collapse=true")
+    assert learns.status == "completed" and learns.epochs_completed == 3
+    conditions = analyse([tmp_path], ReportOptions(train_fraction=0.5)).conditions  # trained: late ≥ 55%
+    outcome = {str(r["status"]): r["trained"] for c in conditions for _, r in c.finished.iterrows()}
+    assert outcome == {"stopped": False, "completed": True}
+
+
 def test_seed_pairs_weights_and_data_across_dt_conditions(tmp_path):
     base = ["dataset.subset=100", f"dataset.root={MNIST_ROOT}", "model.hidden=[16]"]
     runs = [Trainer(compose([*base, *extra]), tmp_path / str(i))

@@ -17,7 +17,8 @@ from hets_ep.report.runs import BINARY, POINTS
 if TYPE_CHECKING:
     from hets_ep.report import Analysis
 
-STATUSES = [str(s) for s in (Status.COMPLETED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED, Status.RUNNING)]
+STATUSES = [str(s) for s in (Status.COMPLETED, Status.DIVERGED, Status.STOPPED, Status.INTERRUPTED, Status.FAILED,
+                              Status.RUNNING)]
 
 
 def units(metric: str) -> str:
@@ -175,11 +176,12 @@ def markdown(analysis: Analysis) -> str:
     cond = conditions_frame(analysis)
     m = analysis.metric
     lines += md_table(
-        ["condition", "runs (ok/div/int/fail)", f"{m} mean [95% CI]", "collapsed", "trained", "max drawdown",
+        ["condition", "runs (ok/div/stop/int/fail)", f"{m} mean [95% CI]", "collapsed", "trained", "max drawdown",
          "unconverged free / nudged", "relaxation steps", "realised dt mean / geomean / hmean / cv"],
-        [[r["condition"], f"{r['runs']} ({r['completed']}/{r['diverged']}/{r['interrupted']}/{r['failed']})",
+        [[r["condition"], f"{r['runs']} ({r['completed']}/{r['diverged']}/{r['stopped']}/{r['interrupted']}/"
+                          f"{r['failed']})",
           md_interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], signed=False,
-                    n=r["completed"] + r["diverged"]),
+                    n=r["completed"] + r["diverged"] + r["stopped"]),
           md_num(r["collapse_rate"], 0, True) + "%", md_num(r["trained_rate"], 0, True) + "%",
           md_num(r["max_drawdown_mean"], 1, True),
           f"{md_num(r['test_unconverged'], 3)} / {md_num(r['nudged_unconverged'], 3)}",
@@ -305,7 +307,7 @@ def compact(analysis: Analysis) -> str:
     outcomes by status)."""
     m = analysis.metric
     lines = [f"{'condition':<44} {'seeds':>5} {m + ' % [95% CI]':>24} {'collapsed':>9} {'diverged':>8} "
-             f"{'interrupted':>11} {'failed':>6}"]
+             f"{'stopped':>7} {'interrupted':>11} {'failed':>6}"]
     for cond in analysis.conditions:
         t = cond.table
         d = inference.describe(cond.metric(m))
@@ -313,6 +315,7 @@ def compact(analysis: Analysis) -> str:
         label = cond.label if len(cond.label) <= 44 else cond.label[:41] + "..."
         lines.append(f"{label:<44} {d['n']:>5} {shown:>24} {int(cond.finished['collapse'].fillna(False).sum()):>9} "
                      f"{int((t['status'] == Status.DIVERGED).sum()):>8} "
+                     f"{int((t['status'] == Status.STOPPED).sum()):>7} "
                      f"{int((t['status'] == Status.INTERRUPTED).sum()):>11} "
                      f"{int((t['status'] == Status.FAILED).sum()):>6}")
     if analysis.set_aside:
