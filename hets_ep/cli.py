@@ -87,11 +87,11 @@ def _hydra_command(command: str, argv: list[str]) -> None:
         if plan.resumed is not None and cmd.value("resume") is True:  # the run found: continued in place
             plan.settings["resume"] = plan.resumed
         cmd.args.overrides += [f"{key}={_quoted(value)}" for key, value in plan.settings.items()]
-        if plan.launcher == "fused":
+        if plan.launcher == "fused" and plan.search is None:  # a search's rounds are grouped as they launch
             print("\n".join(fused_sweep.explain(plan.configs, fused_sweep.groups(plan.configs, plan.max_members))))
         if cmd.multirun:
             signals.stop.share(plan.directory / record.STOP)
-            os.environ[job.SWEPT] = " ".join(cmd.swept)
+            os.environ[job.SWEPT] = " ".join([*cmd.swept, *([plan.search.axis] if plan.search else [])])
     if signals.stop.received is not None:
         fail(f"{signal.Signals(signals.stop.received).name} before the run started; nothing was written",
              128 + signals.stop.received)

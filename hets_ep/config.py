@@ -529,6 +529,20 @@ def roles(dotted: str) -> Roles:
     return Roles(**given)
 
 
+def key_type(dotted: str) -> Any:
+    """The type the schema gives a dotted key (``float`` for ``dynamics.noise``), None for a key
+    it does not hold or a section."""
+    node: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        node = _section_type(hints[part]) or hints[part]
+    return None if dataclasses.is_dataclass(node) else node
+
+
 def declared(node: Any = Config, prefix: str = "") -> dict[str, bool]:
     """Per dotted key of the schema (every section's keys too), whether its field was declared
     with :func:`key`."""

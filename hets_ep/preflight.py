@@ -181,6 +181,7 @@ class Plan:
     launcher: Optional[str] = None     # hydra/launcher's choice
     max_members: int = 64              # hydra/launcher=fused: the most jobs in one program
     resumed: Optional[Path] = None     # the run a single run continues in place (resume=…)
+    search: Any = None                 # hydra/sweeper=boundary: its settings (hets_ep.boundary_search.Search)
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # Hydra settings to add
 
 
@@ -204,6 +205,8 @@ def precheck(cmd: CommandLine) -> Plan:
     launcher = hydra_node.runtime.choices.get("hydra/launcher")
     plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir), launcher,
                 int(hydra_node.launcher.get("max_members", 64)))
+    if hydra_node.runtime.choices.get("hydra/sweeper") == "boundary":
+        plan.search = _check_search(cmd, hydra_node, compose)
     _configure_jax(cmd, hydra_node, plan)
     for job, cfg in zip(jobs, configs):
         checked(job, lambda: check_job(cfg))
@@ -218,6 +221,43 @@ def precheck(cmd: CommandLine) -> Plan:
     if cmd.command == "train":
         check_output_dir(plan.directory, resume=bool(configs[0].resume), sweep=cmd.multirun)
     return plan
+
+
+def _check_search(cmd: CommandLine, hydra_node: DictConfig, compose: Composer):
+    """``hydra/sweeper=boundary``: its settings against the command line (a number of the schema
+    as the axis, not swept by hand; a range; a budget of at least one round), and every condition
+    composed and validated at both ends of the range."""
+    from hets_ep.boundary_search import Search, split
+    from hets_ep.config import key_type
+
+    if not cmd.multirun:
+        raise ConfigError("hydra/sweeper=boundary runs a sweep: add -m (--multirun)")
+    given = OmegaConf.to_container(hydra_node.sweeper)
+    given.pop("_target_", None)
+    axis = given.get("axis")
+    kind = key_type(axis) if isinstance(axis, str) else None
+    if axis is not None and (kind not in (int, float) or axis == "seed"):
+        raise ConfigError(f"hydra.sweeper.axis: {axis} is not a number the schema holds (a stress such as "
+                          "dynamics.noise, ep.beta, optimizer.lr_scale, dt.mean, ep.T1)" + did_you_mean(str(axis)))
+    if axis in cmd.swept:
+        raise ConfigError(f"hydra.sweeper.axis: {axis} is swept on the command line; the search sets its levels: drop "
+                          f"{axis}=…")
+    for key in ("low", "high", "budget", "level", "train_fraction", "seeds_per_round"):
+        value = given.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"hydra.sweeper.{key}: must be a number, got {value!r}")
+    search = Search(**given, integer=kind is int)
+    conditions, seeds = split(cmd.args.overrides)
+    search.check(len(conditions), len(seeds))
+    for condition in conditions:
+        for end in (search.low, search.high):
+            overrides = [*condition, f"seed={seeds[0]}", f"{axis}={int(end) if kind is int else end}"]
+            try:
+                job_config(compose(overrides))
+            except Exception as err:
+                raise ConfigError(f"{_explained(err)} (at hydra.sweeper's {'low' if end == search.low else 'high'} "
+                                  f"end, {axis}={end})") from None
+    return search
 
 
 def _configure_jax(cmd: CommandLine, hydra_node: DictConfig, plan: Plan) -> None:
