@@ -67,8 +67,8 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
     so the training split need not hold a batch). Its members are the seeds ``seed … seed+K−1``
     of ``train.parallel_seeds = K``, or ``members``: configs that differ from ``cfg`` only in
-    keys the program holds per member (:class:`hets_ep.config.Roles`: a fused sweep's jobs,
-    :mod:`hets_ep.fused_sweep`)."""
+    keys the program holds per member (:class:`hets_ep.config.Roles`: a stacked sweep's jobs,
+    :mod:`hets_ep.stacked_sweep`)."""
     d = cfg.dataset
     data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
     net = cfg.model.build(data.classes)

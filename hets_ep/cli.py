@@ -16,7 +16,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep import __version__, fused_sweep, job, preflight, record, signals, xla
+from hets_ep import __version__, stacked_sweep, hydra_api, job, preflight, record, signals, xla
 from hets_ep.config import describe_options, register_schema
 from hets_ep.errors import HetsEpError
 from hets_ep.signals import RunInterrupted
@@ -49,12 +49,12 @@ def train_app(cfg: DictConfig) -> None:
     from hets_ep.train import train
 
     config, run_dir = job.configure(cfg)
-    fused = fused_sweep.members.get()
-    job.prepare_jax(config, members=len(fused) if fused else config.train.parallel_seeds)
+    stacked = stacked_sweep.members.get()
+    job.prepare_jax(config, members=len(stacked) if stacked else config.train.parallel_seeds)
     name = job.name()
-    for k, summary in enumerate(train(config, run_dir, name, fused)):
-        if fused:
-            _, where, label = fused[k]
+    for k, summary in enumerate(train(config, run_dir, name, stacked)):
+        if stacked:
+            _, where, label = stacked[k]
         else:
             label, where = name, run_dir if config.train.parallel_seeds == 1 else run_dir / f"seed_{summary.seed}"
         log.info("%sseed %d %s: best %s accuracy %s after %d epochs; outputs in %s", f"{label}: " if label else "",
@@ -77,8 +77,6 @@ def _quoted(value) -> str:
 
 
 def _hydra_command(command: str, argv: list[str]) -> None:
-    from hydra._internal.utils import _run_hydra
-
     cmd = preflight.parse(command, argv)
     if cmd.args.experimental_rerun is not None:
         fail("--experimental-rerun is not supported; continue a run with resume=RUN_DIR")
@@ -87,8 +85,8 @@ def _hydra_command(command: str, argv: list[str]) -> None:
         if plan.resumed is not None and cmd.value("resume") is True:  # the run found: continued in place
             plan.settings["resume"] = plan.resumed
         cmd.args.overrides += [f"{key}={_quoted(value)}" for key, value in plan.settings.items()]
-        if plan.launcher == "fused" and plan.search is None:  # a search's rounds are grouped as they launch
-            print("\n".join(fused_sweep.explain(plan.configs, fused_sweep.groups(plan.configs, plan.max_members))))
+        if plan.launcher == "stacked" and plan.search is None:  # a search's rounds are grouped as they launch
+            print("\n".join(stacked_sweep.explain(plan.configs, stacked_sweep.groups(plan.configs, plan.max_members))))
         if cmd.multirun:
             signals.stop.share(plan.directory / record.STOP)
             os.environ[job.SWEPT] = " ".join([*cmd.swept, *([plan.search.axis] if plan.search else [])])
@@ -99,8 +97,7 @@ def _hydra_command(command: str, argv: list[str]) -> None:
         cmd.args.overrides.append("hydra.job.name=gradcheck")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach the handlers below, not Hydra's printer
     try:
-        _run_hydra(args=cmd.args, args_parser=cmd.parser, task_function=train_app if command == "train" else
-                   gradcheck_app, config_path="conf", config_name="train")
+        hydra_api.run(cmd.args, cmd.parser, train_app if command == "train" else gradcheck_app, "conf", "train")
         signals.outcome.raise_first()
     except RunInterrupted as err:
         print(f"hets-ep: {err}", file=sys.stderr)

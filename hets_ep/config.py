@@ -10,8 +10,9 @@ Hydra composes ``conf/`` and the command line; :func:`validate` merges the resul
 schema before any work is done. **One validation style**: every check sits in the
 ``__post_init__`` of the dataclass that owns the key, written with :func:`_choice` or
 :func:`_check`, and raises :class:`ConfigError` with one line that starts with the key. The
-allowed values are the constants of the modules that implement them (``ESTIMATORS``,
-``DISTRIBUTIONS``, …), imported here and by the tests, never copied.
+allowed values live in :mod:`hets_ep.choices` (``ESTIMATORS``, ``DISTRIBUTIONS``, …), a JAX-free
+module the implementing modules import them from too, never copied: so the schema, and
+``hets-ep report`` with it, load no JAX.
 """
 
 from __future__ import annotations
@@ -29,17 +30,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hets_ep.data.batching import NORMALIZATIONS
+from hets_ep.choices import (ACTIVATIONS, ARCHITECTURES, BACKENDS, DIAGNOSTIC_WINDOW, DISTRIBUTIONS, DT_PER,
+                             DYNAMICS, EP_ESTIMATORS, ESTIMATORS, FAMILIES, HOLOMORPHIC, HOLOMORPHIC_ACTIVATIONS,
+                             INTEGRATORS, LOSSES, MATCHES, NOISE_MODES, NORMALIZATIONS, OPTIMIZERS, POOLS, REDRAWS,
+                             SAMPLE_MODES, SCHEDULES, UPDATE_ORDERS, n_state_layers)
 from hets_ep.data.registry import NAMES as DATASETS
-from hets_ep.dynamics import DIAGNOSTIC_WINDOW, INTEGRATORS, NOISE_MODES
-from hets_ep.dynamics import UPDATE_ORDERS
-from hets_ep.ep import EP_ESTIMATORS, ESTIMATORS, HOLOMORPHIC
-from hets_ep.fused import BACKENDS
 from hets_ep.errors import ConfigError
-from hets_ep.models import ACTIVATIONS, Network, build_network
-from hets_ep.models.network import ARCHITECTURES, DYNAMICS, LOSSES, POOLS, n_state_layers
-from hets_ep.optim import OPTIMIZERS, SCHEDULES
-from hets_ep.timeconstants import DISTRIBUTIONS, DT_PER, FAMILIES, MATCHES, REDRAWS, SAMPLE_MODES
+
+if typing.TYPE_CHECKING:
+    from hets_ep.models import Network
 
 # Beyond these a run would not fit in memory or time: almost surely a typo.
 MAX_COUNT = 10**6
@@ -81,8 +80,8 @@ class Roles:
     * ``resume``: a continued run may change it (``resume=…`` with a new ``train.epochs``).
     * ``evaluate``: ``hets-ep evaluate`` may change it (the dynamics measured on trained weights).
     * ``member``: the compiled training program holds it per member, as an array: jobs of a sweep
-      that differ only in such keys run as one program (``hydra/launcher=fused``,
-      :mod:`hets_ep.fused_sweep`).
+      that differ only in such keys run as one program (``hydra/launcher=stacked``,
+      :mod:`hets_ep.stacked_sweep`).
     """
 
     condition: bool = True
@@ -140,7 +139,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _choice("model.arch", self.arch, ARCHITECTURES)
-        _choice("model.activation", self.activation, tuple(ACTIVATIONS))
+        _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.loss", self.loss, LOSSES)
         _choice("model.dynamics", self.dynamics, DYNAMICS)
         _choice("model.pool", self.pool, POOLS)
@@ -160,6 +159,8 @@ class ModelConfig:
         _count("model.padding", self.padding, low=0, high=MAX_WIDTH)
 
     def build(self, n_out: int) -> Network:
+        from hets_ep.models import build_network
+
         return build_network(self.arch, n_out, hidden=self.hidden, channels=self.channels, kernel=self.kernel,
                              padding=self.padding, pool=self.pool, activation=self.activation, loss=self.loss,
                              dynamics=self.dynamics, skip=self.skip)
@@ -413,9 +414,9 @@ class Config:
         if holomorphic:
             key = "ep.estimator" if self.ep.estimator in HOLOMORPHIC else "gradcheck.estimators"
             need = f"{holomorphic[0]} EP nudges with complex β, which needs a holomorphic energy"
-            _check(ACTIVATIONS[self.model.activation].holomorphic, "model.activation",
+            _check(self.model.activation in HOLOMORPHIC_ACTIVATIONS, "model.activation",
                    f"{self.model.activation} is not holomorphic ({need}; set by {key}): use "
-                   f"{' or '.join(a for a, f in ACTIVATIONS.items() if f.holomorphic)}")
+                   f"{' or '.join(HOLOMORPHIC_ACTIVATIONS)}")
             _check(self.model.dynamics == "leaky", "model.dynamics",
                    f"energy dynamics clip the state, which is not holomorphic ({need}; set by {key}): use "
                    "model.dynamics=leaky")

@@ -46,16 +46,13 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from hets_ep.choices import DIAGNOSTIC_WINDOW
 from hets_ep import fused
 from hets_ep.models.network import Network, State
 
 if TYPE_CHECKING:
     from hets_ep.config import DynamicsConfig
 
-INTEGRATORS = ("euler", "exact")
-UPDATE_ORDERS = ("sync", "async")
-NOISE_MODES = ("step", "sde")
-DIAGNOSTIC_WINDOW = 10
 # Increments below this are treated as zero when counting sign flips (float32 round-off).
 _FLIP_EPS = 1e-6
 

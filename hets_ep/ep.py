@@ -35,15 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hets_ep.choices import EP_ESTIMATORS
 from hets_ep.dynamics import Relaxation, relax
 from hets_ep.models.network import Network, State
 
 if TYPE_CHECKING:
     from hets_ep.config import DynamicsConfig, EPConfig
 
-EP_ESTIMATORS = ("one_sided", "negative", "random_sign", "symmetric", "holomorphic")
-ESTIMATORS = (*EP_ESTIMATORS, "bptt")
-HOLOMORPHIC = ("holomorphic",)
 
 
 class Estimate(NamedTuple):

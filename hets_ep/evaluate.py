@@ -29,7 +29,6 @@ from hets_ep.data.registry import cache_dir, describe
 from hets_ep.errors import HetsEpError
 from hets_ep.placement import Placement
 from hets_ep.preflight import overlay
-from hets_ep.train import spectral_k
 
 ALLOWED = sorted({k.split(".")[0] if roles(k.split(".")[0]).evaluate else k for k in config_keys()
                   if roles(k).evaluate})
@@ -54,24 +53,13 @@ def output_path(run_dir: Path, dataset: str, overrides: list[str]) -> Path:
 
 
 def cap_note(result: dict, cfg: Config) -> str | None:
-    """What to do when a phase stopped at its step cap with samples above the residual
-    tolerance: the budget that would let it converge, or a tolerance to relax to."""
-    free = result["free_steps"] >= cfg.ep.T1 and result["unconverged"] > 0
-    nudged = result["nudged_steps"] >= cfg.ep.T2 and result["nudged_unconverged"] > 0
-    if not (free or nudged):
-        return None
-    capped = " and ".join(p for p, hit in (("free", free), ("nudged", nudged)) if hit)
-    raised = [(key, cap) for key, cap, hit in (("ep.T1", cfg.ep.T1, free), ("ep.T2", cfg.ep.T2, nudged)) if hit]
-    if cfg.dynamics.noise > 0 and cfg.dynamics.noise_eval:
-        advice = stability.noise_floor(cfg.dynamics.noise)
-    elif cfg.ep.tol is not None:
-        advice = f"raise {' and '.join(k for k, _ in raised)} (say {', '.join(f'{k}={4 * v}' for k, v in raised)})"
-    else:
-        advice = (f"relax to a tolerance instead (ep.tol={cfg.stability.residual_tol:g} "
-                  f"ep.T1={max(10 * cfg.ep.T1, 1000)} ep.T2={max(10 * cfg.ep.T2, 1000)})")
-    return (f"the {capped} phase stopped at its step cap with samples above the residual tolerance "
-            f"{cfg.stability.residual_tol:g} (unconverged free {result['unconverged']:.3f}, nudged "
-            f"{result['nudged_unconverged']:.3f}): {advice}")
+    """What to do when the relaxation stopped short (:func:`hets_ep.stability.cap_advice`)."""
+    capped = float(result["capped"]) if cfg.ep.tol is not None else 0.0
+    return stability.cap_advice(capped=capped, free_unconverged=result["unconverged"],
+                                nudged_unconverged=result["nudged_unconverged"], t1=cfg.ep.T1, t2=cfg.ep.T2,
+                                tol=cfg.ep.tol, noise=cfg.dynamics.noise if cfg.dynamics.noise_eval else 0.0,
+                                residual_tol=cfg.stability.residual_tol, free_steps=result["free_steps"],
+                                nudged_steps=result["nudged_steps"])
 
 
 def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
@@ -110,7 +98,7 @@ def evaluate(run_dir: Path, overrides: list[str]) -> list[dict]:
     out = []
     for k, (seed, means, (_, stats)) in enumerate(zip(run.seeds, steps.means(sums), run.dts)):
         result = {name: value for name, value in means._asdict().items() if name not in ("finite", "loss_spikes")}
-        spectral = spectral_k(None if radii is None else np.asarray(radii), k)
+        spectral = steps.spectral_summary(None if radii is None else np.asarray(radii), k)
         out.append({"seed": seed, "epoch": meta["epoch"], "dataset": cfg.dataset.name,
                     "examples": len(run.data.x_test), "overrides": overrides, "dt": stats, **result,
                     "spectral_radius": spectral[0] if spectral else None,

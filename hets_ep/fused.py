@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from hets_ep.models import Network
     from hets_ep.models.network import State
 
-BACKENDS = ("scan", "fused", "auto")
 # Samples per kernel instance at most: a tile of the batch (a smaller batch is one tile).
 TILE = 128
 # The bias of a padded read-out class: e^(−1e9) is 0 in float32, so the softmax ignores it.

@@ -108,21 +108,3 @@ def gradcheck(cfg: Config, run_dir: Path) -> dict:
         print(f"GDU check written to {run_dir / 'gdu.json'}, figures in {run_dir / 'gdu'}")
         report["gdu"] = checked
     return report
-
-
-def gradient_probe(net, cfg: Config, x, y):
-    """``probe(member_state) -> {gradcheck_min_cosine, gradcheck_mean_cosine}``: the run's
-    estimator against BPTT on its first ``gradcheck.batch_size`` training examples, on one
-    member's current weights (``stability.gradcheck_every``)."""
-    import jax
-    import numpy as np
-
-    compare = ep.make_comparator(net, cfg.ep, cfg.dynamics, (cfg.ep.estimator,))
-    n = min(cfg.gradcheck.batch_size, len(x))
-
-    def probe(state) -> dict:
-        report = compare(state.params, x[:n], y[:n], state.dt, jax.random.wrap_key_data(state.key))
-        cosines = [v["cosine"] for v in report["estimators"][cfg.ep.estimator].values()]
-        return {"gradcheck_min_cosine": min(cosines), "gradcheck_mean_cosine": float(np.mean(cosines))}
-
-    return probe

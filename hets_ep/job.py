@@ -87,7 +87,7 @@ def configure(cfg: DictConfig) -> tuple[Config, Path]:
 
 def prepare_jax(config: Config, members: int) -> None:
     """Before JAX starts: one XLA thread per job when a sweep runs jobs side by side; the CPU
-    split into devices for a program of several members (seeds, or a fused sweep's jobs); the
+    split into devices for a program of several members (seeds, or a stacked sweep's jobs); the
     compilation cache."""
     from hets_ep.data.registry import cache_dir
 

@@ -7,7 +7,7 @@ Each layer (a top-level entry of the parameter tree, input side first) has its o
 The transformation :func:`build` returns runs at the rates ``lr_l · m(t)``: every update is
 linear in its rate (SGD with momentum and Adam alike), so the training step multiplies it by
 ``lr_scale`` (:func:`hets_ep.steps.make_train_step`), a value per member that the members of a
-fused sweep may differ in.
+stacked sweep may differ in.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from hets_ep.errors import ConfigError
 if TYPE_CHECKING:
     from hets_ep.config import ModelConfig, OptimizerConfig
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "step")
 
 
 SKIP_PREFIX = "skips_"

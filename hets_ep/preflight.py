@@ -24,17 +24,19 @@ import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep import lock, record
+from hets_ep import hydra_api, lock, record
 from hets_ep.config import Config, did_you_mean, group_options, register_schema, roles, validate
 from hets_ep.errors import ConfigError, HetsEpError
 
 MIN_FREE_BYTES = 100 * 2**20
+DEPRECATED_LAUNCHER = "fused"   # hydra/launcher=stacked's old name (until the next version)
 # Hydra's flags after which Hydra answers the command itself; nothing is checked or started.
 _ANSWERED_BY_HYDRA = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
 
@@ -78,11 +80,9 @@ class CommandLine:
 
     def jobs(self) -> list[list[str]]:
         """Every job's overrides, as Hydra's sweeper splits them."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
         if not self.multirun:
             return [list(self.args.overrides)]
-        return [job for batch in BasicSweeper.split_arguments(self.overrides, None) for job in batch]
+        return hydra_api.sweep_jobs(self.overrides)
 
     def label(self, job: Sequence[str]) -> str:
         """A job of a sweep by its swept values (``dt.cv=5``)."""
@@ -92,9 +92,7 @@ class CommandLine:
 
 def parse(command: str, argv: Sequence[str]) -> CommandLine:
     """Parse ``hets-ep train|gradcheck ARGV`` with Hydra's argument parser."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
+    parser = hydra_api.args_parser()
     parser.prog = f"hets-ep {command}"
     return CommandLine(command, parser.parse_args(list(argv)), parser)
 
@@ -146,7 +144,6 @@ class Composer:
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         """The config (with Hydra's own node) that ``hets-ep train OVERRIDES`` composes."""
         from hydra import compose, initialize_config_module
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -161,7 +158,7 @@ class Composer:
             with initialize_config_module("hets_ep.conf", version_base="1.3"):
                 self._composed[groups] = compose("train", overrides=list(groups), return_hydra_config=True)
         cfg = copy.deepcopy(self._composed[groups])
-        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not _is_group(o.key_or_group)], cfg)
+        hydra_api.apply_overrides([o for o in parsed if not _is_group(o.key_or_group)], cfg)
         return cfg
 
 
@@ -179,7 +176,7 @@ class Plan:
     configs: list[Config]
     directory: Path
     launcher: Optional[str] = None     # hydra/launcher's choice
-    max_members: int = 64              # hydra/launcher=fused: the most jobs in one program
+    max_members: int = 64              # hydra/launcher=stacked: the most jobs in one program
     resumed: Optional[Path] = None     # the run a single run continues in place (resume=…)
     search: Any = None                 # hydra/sweeper=boundary: its settings (hets_ep.boundary_search.Search)
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # Hydra settings to add
@@ -203,6 +200,10 @@ def precheck(cmd: CommandLine) -> Plan:
         hydra_node = hydra_node or composed.hydra
     _check_launcher(hydra_node.runtime.choices.get("hydra/launcher"))
     launcher = hydra_node.runtime.choices.get("hydra/launcher")
+    if launcher == DEPRECATED_LAUNCHER:
+        print(f"hets-ep: hydra/launcher={DEPRECATED_LAUNCHER} is now hydra/launcher=stacked (jobs stacked into one "
+              "program); the old name goes in the next version", file=sys.stderr)
+        launcher = "stacked"
     plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir), launcher,
                 int(hydra_node.launcher.get("max_members", 64)))
     if hydra_node.runtime.choices.get("hydra/sweeper") == "boundary":
@@ -262,13 +263,13 @@ def _check_search(cmd: CommandLine, hydra_node: DictConfig, compose: Composer):
 
 def _configure_jax(cmd: CommandLine, hydra_node: DictConfig, plan: Plan) -> None:
     """Set XLA up as a job run in this process needs it (its CPU split into devices for several
-    members; a single run, or a sweep's basic or fused launcher), before the checks start JAX to
+    members; a single run, or a sweep's basic or stacked launcher), before the checks start JAX to
     draw each job's time steps (a sweep's worker processes set up their own)."""
     from hets_ep import xla
 
     members = plan.configs[0].train.parallel_seeds
-    if plan.launcher == "fused":
-        from hets_ep.fused_sweep import groups
+    if plan.launcher == "stacked":
+        from hets_ep.stacked_sweep import groups
 
         members = len(groups(plan.configs, plan.max_members)[0])
     concurrent = cmd.multirun and hydra_node.launcher.get("n_jobs", 1) not in (None, 1)

@@ -55,6 +55,36 @@ def noise_floor(noise: float) -> str:
             "as much as the relaxation")
 
 
+def cap_advice(*, capped: float, free_unconverged: float, nudged_unconverged: float, t1: int, t2: int,
+               tol: Optional[float], noise: float, residual_tol: float, free_steps: Optional[float] = None,
+               nudged_steps: Optional[float] = None) -> Optional[str]:
+    """The one rule for relaxation that stopped short, for a report's condition and an evaluation
+    alike: with ``ep.tol``, a phase stopped at its cap above it (``capped``: the share of batches)
+    → raise the caps; with fixed steps, most samples (over half) end a phase above the residual
+    tolerance → relax to a tolerance; under state noise either → the noise floor, which no budget
+    removes. None when the relaxation converged."""
+    unsettled = max(free_unconverged or 0.0, nudged_unconverged or 0.0) > 0.5
+    hit = tol is not None and (capped or 0.0) > 0
+    if noise > 0 and (hit or unsettled):
+        return f"phases end above the residual tolerance; {noise_floor(noise)}"
+    if hit:
+        steps = "" if free_steps is None else (f" (phases took {free_steps:.0f} free and {nudged_steps:.0f} nudged "
+                                               "steps on average)")
+        return (f"a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above ep.tol={tol:g} in {100 * capped:.1f}% of "
+                f"batches{steps}: raise ep.T1/ep.T2 (say ep.T1={4 * t1} ep.T2={4 * t2}) for the steps it needs to be "
+                "counted, not bounded")
+    if tol is None and unsettled:
+        return (f"most samples end a phase above the residual tolerance {residual_tol:g} after its fixed {t1}/{t2} steps "
+                f"(free {_share(free_unconverged)}, nudged {_share(nudged_unconverged)}): relax to a tolerance "
+                f"(ep.tol={residual_tol:g} ep.T1={max(10 * t1, 1000)} ep.T2={max(10 * t2, 1000)}) to compare "
+                "converged dynamics")
+    return None
+
+
+def _share(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def drawdowns(accs: Sequence[float]) -> np.ndarray:
     """``d_t = max_{s≤t} a_s − a_t`` for each epoch."""
     a = np.asarray(accs, np.float64)

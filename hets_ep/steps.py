@@ -8,7 +8,7 @@ default), and the steps are ``jit(vmap(…))`` of the single-seed step, so K see
 program. The state is donated: XLA updates its buffers in place. The same pytree is what
 :mod:`hets_ep.checkpointing` saves and restores; :func:`init_state` builds it. :class:`Hyper`
 holds the per-member values a step reads but never writes (|β|, the learning-rate scale): arrays
-at run time, so members may differ in them in one program (a fused sweep's jobs).
+at run time, so members may differ in them in one program (a stacked sweep's jobs).
 """
 
 from __future__ import annotations
@@ -239,6 +239,25 @@ def make_spectral_probe(net: Network, phases: EPConfig, dynamics: DynamicsConfig
         return spectral_radius(net, state.params, drive, free.state, state.dt, dynamics, jax.random.key(0), iters)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def make_gradient_probe(net: Network, phases: EPConfig, dynamics: DynamicsConfig, x, y):
+    """``probe(member_state) -> {gradcheck_min_cosine, gradcheck_mean_cosine}``: the estimator of
+    ``phases`` against BPTT on the probe batch ``x, y``, on one member's current weights
+    (``stability.gradcheck_every``)."""
+    compare = ep.make_comparator(net, phases, dynamics, (phases.estimator,))
+
+    def probe(state: TrainState) -> dict:
+        report = compare(state.params, x, y, state.dt, jax.random.wrap_key_data(state.key))
+        cosines = [v["cosine"] for v in report["estimators"][phases.estimator].values()]
+        return {"gradcheck_min_cosine": min(cosines), "gradcheck_mean_cosine": float(np.mean(cosines))}
+
+    return probe
+
+
+def spectral_summary(radii: Optional[np.ndarray], k: int) -> Optional[tuple[float, float]]:
+    """Member ``k``'s spectral radius over the probe batch (:func:`make_spectral_probe`): ``(mean, max)``."""
+    return None if radii is None else (float(radii[k].mean()), float(radii[k].max()))
 
 
 def evaluate(eval_step, state: TrainState, sums: Sums, batches: Iterable[Batch],

@@ -62,12 +62,6 @@ from hets_ep.errors import ConfigError
 if TYPE_CHECKING:
     from hets_ep.config import DtConfig
 
-FAMILIES = ("uniform", "normal", "lognormal", "gamma")
-DISTRIBUTIONS = ("scalar", *FAMILIES, "layerwise")
-SAMPLE_MODES = ("dt", "tau")
-MATCHES = ("mean", "geomean", "tau", "none")
-DT_PER = ("unit", "channel")
-REDRAWS = ("none", "batch")
 
 # The family's shape c is searched upwards from the requested cv in steps of _C_STEP up to
 # _C_MAX: beyond, every family is flat (log-)uniform over the bounds and its cv no longer grows.

@@ -34,7 +34,6 @@ from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
 from hets_ep.data import augment, train_batches
 from hets_ep.errors import ConfigError, HetsEpError
-from hets_ep.gradcheck import gradient_probe
 from hets_ep.placement import Placement
 from hets_ep.record import Status
 from hets_ep.signals import RunInterrupted
@@ -75,19 +74,19 @@ class Trainer:
     one writes nothing; :meth:`fit` does."""
 
     def __init__(self, cfg: Config, run_dir: Path, name: str = "",
-                 fused: list[tuple[Config, Path, str]] | None = None):
-        """``fused``: the jobs of a fused sweep trained as this run's members, each a config that
+                 stacked: list[tuple[Config, Path, str]] | None = None):
+        """``stacked``: the jobs of a stacked sweep trained as this run's members, each a config that
         differs from ``cfg`` only in keys held per member (seed, dt, β, learning-rate scale), its
         own run directory and its job's label (the shared checkpoints stay in ``run_dir``, the
         first job's)."""
-        self.cfg, self.dir, self.fused = cfg, Path(run_dir), bool(fused)
-        run = build_run(cfg, members=[c for c, _, _ in fused] if fused else None)
+        self.cfg, self.dir, self.stacked = cfg, Path(run_dir), bool(stacked)
+        run = build_run(cfg, members=[c for c, _, _ in stacked] if stacked else None)
         self.data, self.net, self.steps_per_epoch = run.data, run.net, run.steps_per_epoch
         self.rates, self.tx, self.schedule = run.rates, run.tx, run.schedule
-        dirs = [d for _, d, _ in fused] if fused else [self.dir] if len(run.seeds) == 1 else \
+        dirs = [d for _, d, _ in stacked] if stacked else [self.dir] if len(run.seeds) == 1 else \
             [self.dir / f"seed_{s}" for s in run.seeds]
-        self.names = [label for _, _, label in fused] if fused else [name] * len(run.seeds)
-        configs = [c for c, _, _ in fused] if fused else [dataclasses.replace(cfg, seed=s) for s in run.seeds]
+        self.names = [label for _, _, label in stacked] if stacked else [name] * len(run.seeds)
+        configs = [c for c, _, _ in stacked] if stacked else [dataclasses.replace(cfg, seed=s) for s in run.seeds]
         self.members = [Member(s, c, dr, tr, va, dt, stats)
                         for s, c, dr, (tr, va), (dt, stats) in zip(run.seeds, configs, dirs, run.splits, run.dts)]
         self.place = Placement(len(run.seeds), cfg.train.batch_size, cfg.train.eval_batch_size)
@@ -104,7 +103,9 @@ class Trainer:
         if cfg.stability.gradcheck_every and cfg.ep.estimator != "bptt":
             at = {b: dataclasses.replace(run.cfg, ep=dataclasses.replace(run.cfg.ep, beta=b))
                   for b in {m.cfg.ep.beta for m in self.members}}
-            self.probes = {b: gradient_probe(self.net, c, self.data.x_train, self.data.y_train) for b, c in at.items()}
+            n = cfg.gradcheck.batch_size
+            self.probes = {b: steps.make_gradient_probe(self.net, c.ep, c.dynamics, self.data.x_train[:n],
+                                                        self.data.y_train[:n]) for b, c in at.items()}
         self.checkpoints: Checkpoints | None = None
         self.epoch, self.batch, self.elapsed = 0, 0, 0.0
         self.trackers = loggers.Trackers([])
@@ -124,7 +125,7 @@ class Trainer:
             held = len(meta["members"])
             if held != len(self.members):
                 raise HetsEpError(f"{self.dir / record.CHECKPOINTS}: its checkpoints hold {held} members and this run "
-                                  f"has {len(self.members)}: a fused sweep resumes with the jobs and "
+                                  f"has {len(self.members)}: a stacked sweep resumes with the jobs and "
                                   "hydra.launcher.max_members it started with")
 
         restored = self.checkpoints.restore_latest({"state": self.state}, same_members)
@@ -171,7 +172,7 @@ class Trainer:
         for one seed the config Hydra saved, or this one when trained from Python)."""
         for member in self.members:
             atomic.write_npz(member.dir / record.DT, **{f"layer{i}": d for i, d in enumerate(member.dt)})
-            if (len(self.members) > 1 and not self.fused) or not (member.dir / record.CONFIG).exists():
+            if (len(self.members) > 1 and not self.stacked) or not (member.dir / record.CONFIG).exists():
                 own = dataclasses.replace(member.cfg, resume=False,
                                           train=dataclasses.replace(member.cfg.train, parallel_seeds=1))
                 atomic.write_text(member.dir / record.CONFIG, OmegaConf.to_yaml(OmegaConf.structured(own)))
@@ -268,7 +269,7 @@ class Trainer:
             member, tr, te, va = self.members[k], train[k], test[k], val[k] if val else None
             watched = [getattr(r, f"{cfg.monitor}_acc") for r in member.rows] + [(va if cfg.monitor == "val" else
                                                                                   te).acc]
-            row = epoch_row(self.epoch + 1, tr, te, va, nudged=nudged, tol=tol, spectral=spectral_k(spectral, k),
+            row = epoch_row(self.epoch + 1, tr, te, va, nudged=nudged, tol=tol, spectral=steps.spectral_summary(spectral, k),
                             lr=[lr * multiplier for lr in self.rates[k]], epoch_time_s=epoch_time,
                             samples_per_s=self.steps_per_epoch * cfg.train.batch_size / max(train_time, 1e-9),
                             monitors=stability.epoch_monitors(watched, cfg.stability.collapse_drop))
@@ -319,22 +320,17 @@ class Trainer:
 
 
 def train(cfg: Config, run_dir: Path, name: str = "",
-          fused: list[tuple[Config, Path, str]] | None = None) -> list[record.Summary]:
-    """Train one configuration into ``run_dir`` (with ``fused``, a fused sweep's jobs as its
+          stacked: list[tuple[Config, Path, str]] | None = None) -> list[record.Summary]:
+    """Train one configuration into ``run_dir`` (with ``stacked``, a stacked sweep's jobs as its
     members: :class:`Trainer`); returns the summary of each member. ``name`` prefixes its log
     lines (a sweep's job names its condition)."""
     with lock.run_lock(run_dir):
-        trainer = Trainer(cfg, run_dir, name, fused)
+        trainer = Trainer(cfg, run_dir, name, stacked)
         try:
             return trainer.fit()
         finally:
             if trainer.checkpoints is not None:
                 trainer.checkpoints.close()
-
-
-def spectral_k(radii: np.ndarray | None, k: int) -> tuple[float, float] | None:
-    """Member ``k``'s spectral radius over the probe batch: ``(mean, max)``."""
-    return None if radii is None else (float(radii[k].mean()), float(radii[k].max()))
 
 
 def epoch_row(epoch: int, train: steps.Means, test: steps.Means, val: steps.Means | None, *, nudged: bool, tol: bool,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fused sweeps end to end (docs/benchmarks.md, "GPU"; run by scripts/gpu_bench.sh): Study 3's
-# block F (120 runs of its large-step preset) as fused programs — the goal is at most 2 minutes
+# Stacked sweeps end to end (docs/benchmarks.md, "GPU"; run by scripts/gpu_bench.sh): Study 3's
+# block F (120 runs of its large-step preset) as stacked programs — the goal is at most 2 minutes
 # on one GPU — and its 12-run cell at dt mean 0.8 fused against the same jobs as the default
 # sweep runs them, with the ratio. Writes OUT (default docs/bench-gpu-sweep.json).
 #   bash scripts/sweep_bench.sh [OUT]
@@ -15,9 +15,9 @@ now() { python3 -c 'import time; print(time.time())'; }
 cell=(experiment=study3_best_step "seed=$(seq -s, 0 11)" dt=lognormal dt.mean=0.8 train.progress=false
       hydra.callbacks.sweep_end.report=false ${HETS_EP_ARGS:-})
 t0=$(now)
-HETS_EP_ARGS="hydra/launcher=fused ${HETS_EP_ARGS:-}" bash "$here/reproduce_study3.sh" "$work/F" F >/dev/null
+HETS_EP_ARGS="hydra/launcher=stacked ${HETS_EP_ARGS:-}" bash "$here/reproduce_study3.sh" "$work/F" F >/dev/null
 t1=$(now)
-hets-ep train -m "${cell[@]}" hydra/launcher=fused "hydra.sweep.dir=$work/fused" >/dev/null
+hets-ep train -m "${cell[@]}" hydra/launcher=stacked "hydra.sweep.dir=$work/fused" >/dev/null
 t2=$(now)
 hets-ep train -m "${cell[@]}" "hydra.sweep.dir=$work/default" >/dev/null
 t3=$(now)
@@ -35,6 +35,6 @@ result = {"versions": provenance.versions(), "overrides": extra, "block_f_runs":
           "block_f_completed": completed, "block_f_fused_s": t1 - t0, "cell_jobs": 12,
           "cell_fused_s": t2 - t1, "cell_default_sweep_s": t3 - t2, "cell_fused_speedup": (t3 - t2) / (t2 - t1)}
 atomic.write_text(Path(out), json.dumps(result, indent=1) + "\n")
-print(f"Study 3 block F ({completed}/{len(runs)} runs completed) as fused programs: {t1 - t0:.0f} s; its 12-run "
+print(f"Study 3 block F ({completed}/{len(runs)} runs completed) as stacked programs: {t1 - t0:.0f} s; its 12-run "
       f"cell: {t2 - t1:.0f} s fused, {t3 - t2:.0f} s as the default sweep: {(t3 - t2) / (t2 - t1):.2f}x")
 EOF

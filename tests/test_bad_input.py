@@ -15,15 +15,10 @@ from conftest import MNIST_ROOT
 from hets_ep.errors import ConfigError
 from hets_ep.preflight import parse, precheck
 from hets_ep.config import compose, group_options
-from hets_ep.data.batching import NORMALIZATIONS
-from hets_ep.dynamics import INTEGRATORS, NOISE_MODES, UPDATE_ORDERS
-from hets_ep.ep import ESTIMATORS
-from hets_ep.fused import BACKENDS
+from hets_ep.choices import (BACKENDS, DT_PER, DYNAMICS, ESTIMATORS, INTEGRATORS, LOSSES, MATCHES, NOISE_MODES,
+                             NORMALIZATIONS, SAMPLE_MODES, SCHEDULES, UPDATE_ORDERS)
 from hets_ep.errors import HetsEpError
 from hets_ep.models import ACTIVATIONS
-from hets_ep.models.network import DYNAMICS, LOSSES
-from hets_ep.optim import SCHEDULES
-from hets_ep.timeconstants import DT_PER, MATCHES, SAMPLE_MODES
 from hets_ep.train import train
 
 BASE = ["train.progress=false", f"dataset.root={MNIST_ROOT}", "dataset.subset=64", "model.hidden=[8]",

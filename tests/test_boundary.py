@@ -90,6 +90,16 @@ def test_separated_runs_are_fitted_by_firths_penalised_likelihood():
     assert every.boundary is None and every.slope is None
 
 
+def test_the_interval_of_separated_runs_spans_the_gap_they_leave_open():
+    """Every seed trains at 0.02 and fails at 0.04: any boundary in between fits; every resample
+    repeats the same split, so the bootstrap alone would give a zero-width interval at Firth's
+    midpoint. The interval is the gap."""
+    frame = pd.DataFrame({"seed": np.repeat(range(12), 2), "stress": np.tile([0.02, 0.04], 12),
+                          "trained": np.tile([True, False], 12)})
+    assert inference.boundary_interval(frame, log=False, resamples=100)[:2] == (0.02, 0.04)
+    assert inference.separation_gap(frame["stress"].to_numpy(), frame["trained"].to_numpy()) == (0.02, 0.04)
+
+
 def test_the_bootstrap_p_splits_ties_evenly(monkeypatch):
     """Of 100 resampled shifts, 10 below 0, 5 exactly 0 and 85 above: p = 2 (0.10 + 0.05/2) = 0.25
     (counting the ties on both sides would give 0.30)."""

@@ -92,7 +92,7 @@ def test_a_missing_tracker_library_is_refused_before_a_folder_is_made(tmp_path, 
 
 
 def test_sweeps_are_checked_over_every_combination_before_any_job(tmp_path, capsys):
-    preflight.precheck(preflight.parse("train", ["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.5"]))  # all valid
+    preflight.precheck(preflight.parse("train", ["-m", *TINY, "seed=0,1,2", "dt=uniform,gamma", "dt.cv=0.25,0.45"]))  # all valid
     assert "dt.cv: must be a finite number in [0, inf], got -1" in _fails(
         capsys, "train", "-m", *TINY, "dt=uniform,gamma", "dt.cv=0.25,-1")
     assert "dt.mean: must be a finite number in [0.01, 1], got 7.0" in _fails(
@@ -121,10 +121,18 @@ def test_command_line_basics(capsys):
     assert "dist: lognormal" in cfg.stdout and "cv: 0.25" in cfg.stdout
     helped = hets_ep("train", "--help", check=True).stdout
     assert "hets-ep train" in helped and "integrator: euler" in helped and "noise_mode: step" in helped
-    launchers = sorted(p.stem for p in (ROOT / "hets_ep" / "conf" / "hydra" / "launcher").glob("*.yaml"))
+    launchers = sorted(p.stem for p in (ROOT / "hets_ep" / "conf" / "hydra" / "launcher").glob("*.yaml")
+                       if p.stem != preflight.DEPRECATED_LAUNCHER)
     assert all(f"hydra/launcher={name}" in helped for name in [*launchers, "basic", "joblib", "submitit_local"])
+    assert "hydra/sweeper=boundary" in helped and "hydra/launcher=fused" not in helped
     code, err = _exits(capsys, "evaluate")
     assert code == 2 and "required: run_dir" in err and "overrides" not in err
+
+
+def test_the_old_launcher_name_still_runs_and_says_it_is_going(capsys):
+    plan = preflight.precheck(preflight.parse("train", ["-m", *TINY, "seed=0,1", "hydra/launcher=fused"]))
+    assert plan.launcher == "stacked"
+    assert "hydra/launcher=fused is now hydra/launcher=stacked" in capsys.readouterr().err
 
 
 def test_a_run_through_the_command_line_writes_its_log_and_config(tmp_path):
@@ -238,6 +246,15 @@ def test_the_checks_set_jax_up_for_the_job_before_they_start_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     devices, expected = out.stdout.split()
     assert devices == expected
+
+
+def test_the_report_and_the_schema_load_no_jax():
+    """The layers: the schema's valid values live in a JAX-free module (hets_ep.choices), so the
+    report, the schema and the pre-flight's imports never load JAX, Flax or optax."""
+    code = ("import sys, hets_ep.report, hets_ep.config, hets_ep.preflight, hets_ep.report.boundary; "
+            "print(sorted(k for k in ('jax', 'flax', 'optax') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 UNREACHABLE = ["dt=gamma", "dt.cv=0.57", "dt.mean=1.0", "dt.dt_max=2.0"]

@@ -75,7 +75,7 @@ def test_every_key_says_what_it_means():
     assert not roles("seed").condition and roles("dt.mean").condition and roles("dt.mean").evaluate
     assert roles("train.epochs").resume and not roles("train.batch_size").resume
     assert not roles("logger.tensorboard.dir").condition and roles("stability.residual_tol").evaluate
-    # held per member by the compiled program (a fused sweep's jobs may differ in them), or shaping it
+    # held per member by the compiled program (a stacked sweep's jobs may differ in them), or shaping it
     assert all(roles(k).member for k in ("seed", "dt.mean", "dt.dist", "ep.beta", "optimizer.lr_scale"))
     assert not any(roles(k).member for k in ("dt.redraw", "dt.per", "ep.T1", "optimizer.lr", "model.hidden"))
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import setup
+from hets_ep.choices import EP_ESTIMATORS
 from hets_ep import ep, gdu
 from hets_ep.config import DtConfig, DynamicsConfig, EPConfig
 
 SYNC = DynamicsConfig()
 
 
-def _compare(net, params, x, y, dt, phases, estimators=ep.EP_ESTIMATORS, dynamics=SYNC):
+def _compare(net, params, x, y, dt, phases, estimators=EP_ESTIMATORS, dynamics=SYNC):
     return ep.make_comparator(net, phases, dynamics, estimators)(params, jnp.asarray(x), jnp.asarray(y), dt,
                                                                  jax.random.key(1))
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 from hets_ep import record
 from hets_ep.errors import HetsEpError
+from hets_ep.provenance import versions
 
 V1_RUN = ROOT / "tests" / "data" / "v1_run"  # written by hets-ep 0.1.0 (record version 1)
 
@@ -78,3 +79,9 @@ def test_unknown_or_missing_fields_are_named(tmp_path):
     (tmp_path / record.METRICS).write_text(json.dumps(raw) + "\n")
     with pytest.raises(HetsEpError, match="incomplete record"):
         record.read_rows(tmp_path)
+
+
+def test_versions_name_the_stack_and_the_device():
+    v = versions()
+    assert {"hets_ep", "jax", "flax", "optax", "numpy", "python", "device"} <= set(v)
+    assert v["device"].startswith("cpu")

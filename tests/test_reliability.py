@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from hets_ep import cli, preflight, record
 from hets_ep.errors import ConfigError
 from hets_ep.data import train_batches
 from hets_ep.errors import HetsEpError
+from hets_ep.lock import run_lock
 
 
 
@@ -123,3 +125,16 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     assert summary["status"] == "completed" and kills >= 10
     assert metrics_without_timing(run_dir) == metrics_without_timing(straight)
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".lock").exists()
+
+
+def test_a_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    (tmp_path / record.LOCK).write_text(str(os.getpid()))  # a live process holds it
+    with pytest.raises(HetsEpError, match=f"is in use by process {os.getpid()}"):
+        with run_lock(tmp_path):
+            pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / record.LOCK).write_text(str(dead.pid))
+    with run_lock(tmp_path):
+        assert (tmp_path / record.LOCK).read_text() == str(os.getpid())
+    assert not (tmp_path / record.LOCK).exists()

@@ -299,7 +299,7 @@ def test_ratio_endpoints_are_tested_on_the_log_scale_and_caps_are_named(tmp_path
     assert np.exp(steps["mean_diff"]) == pytest.approx(np.exp(np.mean(np.log(ratios))))
     text = tables.markdown(analysis)
     assert f"{np.exp(np.mean(np.log(ratios))):.2f}×" in text
-    assert "a phase stopped at its cap (ep.T1=30, ep.T2=10) above ep.tol=0.001 in 25.0% of training batches" in text
+    assert "a phase stopped at its cap (ep.T1=30, ep.T2=10) above ep.tol=0.001 in 25.0% of batches" in text
     assert "`late` averages the last 3 epochs" in text and "chance + 0.8 × (1 − chance) (82.0% with 10 classes" in text
 
 

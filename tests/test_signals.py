@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # whole runs and sweeps, stopped and continued (C
 SWEEP = (*TINY, "seed=0,1,2,3,4,5", "hydra.callbacks.sweep_end.report=false")
 LAUNCHERS = {"parallel": (), "basic": ("hydra/launcher=basic",), "joblib": ("hydra/launcher=joblib",
                                                                           "hydra.launcher.n_jobs=2"),
-             "fused": ("hydra/launcher=fused", "hydra.launcher.max_members=3")}  # 2 programs of 3 jobs
+             "fused": ("hydra/launcher=stacked", "hydra.launcher.max_members=3")}  # 2 programs of 3 jobs
 
 
 def _statuses(sweep, jobs: int = 6) -> list:

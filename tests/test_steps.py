@@ -42,7 +42,7 @@ def test_train_step_compiles_once_donates_the_state_and_counts(mnist):
 
 @pytest.mark.parametrize("backend", ["scan", pytest.param("fused", marks=pytest.mark.slow)])
 def test_members_with_their_own_beta_and_rate_scale_step_as_each_would_alone(mnist, backend):
-    """What a fused sweep relies on: in one vmapped program each member nudges with its own |β|
+    """What a stacked sweep relies on: in one vmapped program each member nudges with its own |β|
     and steps at its own learning-rate scale, as its own one-member program would (on the fused
     kernel too, in Pallas's interpret mode here). The three members start equal, so what tells
     them apart is their β or scale alone."""

@@ -13,7 +13,8 @@ from scipy import stats
 
 from hets_ep.config import DtConfig
 from hets_ep.errors import ConfigError
-from hets_ep.timeconstants import DISTRIBUTIONS, FAMILIES, permute, sample_dt
+from hets_ep.choices import DISTRIBUTIONS, FAMILIES
+from hets_ep.timeconstants import permute, sample_dt
 
 SHAPES = [(512,), (256,), (10,)]
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import MNIST_ROOT, TINY, assert_close_trees, metrics_without_timing, train_here
 from hets_ep import record
 from hets_ep.config import compose
-from hets_ep.signals import RunInterrupted
+from hets_ep.signals import RunInterrupted, StopSignals
 from hets_ep.train import Trainer, train
 
 
@@ -182,3 +182,11 @@ def test_the_validation_split_is_the_seeds_and_the_same_in_every_condition(tmp_p
     assert np.array_equal(a.members[0].val_index, b.members[0].val_index)
     assert not np.array_equal(a.members[0].val_index, c.members[0].val_index)
     assert a.steps_per_epoch == 900 // 32
+
+
+def test_stop_signals_become_a_flag_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals().installed() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before

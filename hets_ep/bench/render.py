@@ -58,6 +58,6 @@ def markdown(results: dict) -> str:
                      f"{w['separate_processes_s']:.0f} s as separate processes one after another, "
                      f"{w['multirun_s']:.0f} s as one `hets-ep train -m`: {w['speedup']:.2f}×. With 2 dt "
                      f"conditions ({2 * w['seeds']} jobs): {w['two_conditions_parallel_s']:.0f} s as the default "
-                     f"parallel sweep, {w['two_conditions_fused_s']:.0f} s fused into one program "
-                     f"(`hydra/launcher=fused`): {w['fused_speedup']:.2f}×."]
+                     f"parallel sweep, {w['two_conditions_fused_s']:.0f} s stacked into one program "
+                     f"(`hydra/launcher=stacked`): {w['fused_speedup']:.2f}×."]
     return "\n".join(rows) + "\n"

@@ -222,7 +222,7 @@ def _per_step_in_fresh_process(workload: str) -> dict:
 def sweep(seeds: int = 8) -> dict:
     """End to end: an N-seed cell as N separate processes one after another and as one multirun
     (the default launcher); then N seeds × 2 dt conditions as the default parallel sweep and as a
-    fused one (``hydra/launcher=fused``: one program)."""
+    fused one (``hydra/launcher=stacked``: one program)."""
     args = ["train.progress=false", "experiment=study2_large_step", "train.epochs=1",
             "hydra.callbacks.sweep_end.report=false"]
     seed_list = f"seed={','.join(map(str, range(seeds)))}"
@@ -237,7 +237,7 @@ def sweep(seeds: int = 8) -> dict:
                        for seed in range(seeds))
         multirun = timed("-m", *args, "dt=lognormal", seed_list, f"hydra.sweep.dir={tmp}/sweep")
         parallel = timed("-m", *args, "dt=scalar,lognormal", seed_list, f"hydra.sweep.dir={tmp}/parallel")
-        fused = timed("-m", *args, "dt=scalar,lognormal", seed_list, "hydra/launcher=fused",
+        fused = timed("-m", *args, "dt=scalar,lognormal", seed_list, "hydra/launcher=stacked",
                       f"hydra.sweep.dir={tmp}/fused")
     print(f"{seeds}-seed cell: {separate:.0f} s as separate processes, {multirun:.0f} s as one sweep: "
           f"{separate / multirun:.2f}×; {seeds} seeds × 2 dt: {parallel:.0f} s as the default sweep, {fused:.0f} s "

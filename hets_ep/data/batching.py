@@ -11,7 +11,6 @@ from hets_ep import seeding
 from hets_ep.data import registry
 from hets_ep.errors import ConfigError
 
-NORMALIZATIONS = ("unit", "standard", "none")
 
 
 @dataclasses.dataclass

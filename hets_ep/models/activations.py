@@ -13,6 +13,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hets_ep import choices
+from hets_ep.choices import HOLOMORPHIC_ACTIVATIONS
+
 
 class Activation(NamedTuple):
     fn: Callable[[jax.Array], jax.Array]
@@ -32,8 +35,7 @@ def steep_sigmoid(x: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(4.0 * (x - 0.5))
 
 
-ACTIVATIONS: dict[str, Activation] = {
-    "hard_sigmoid": Activation(hard_sigmoid, 0.0, 1.0, holomorphic=False),
-    "steep_sigmoid": Activation(steep_sigmoid, 0.0, 1.0, holomorphic=True),
-    "tanh": Activation(jnp.tanh, -1.0, 1.0, holomorphic=True),
-}
+_FUNCTIONS = {"hard_sigmoid": (hard_sigmoid, 0.0, 1.0), "steep_sigmoid": (steep_sigmoid, 0.0, 1.0),
+              "tanh": (jnp.tanh, -1.0, 1.0)}
+ACTIVATIONS: dict[str, Activation] = {name: Activation(*_FUNCTIONS[name], holomorphic=name in HOLOMORPHIC_ACTIVATIONS)
+                                      for name in choices.ACTIVATIONS}

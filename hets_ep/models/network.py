@@ -31,10 +31,6 @@ from hets_ep.models.activations import ACTIVATIONS, Activation
 from hets_ep.models.modules import MLP, ConvNet
 
 State = tuple[jax.Array, ...]
-ARCHITECTURES = ("mlp", "convnet")
-LOSSES = ("mse", "ce")
-DYNAMICS = ("leaky", "energy")
-POOLS = ("max", "avg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +101,6 @@ def _complex_cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     shift = jax.lax.stop_gradient(jnp.max(jnp.real(logits), axis=-1, keepdims=True))
     lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift[..., 0]
     return lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-
-
-def n_state_layers(arch: str, hidden: Sequence[int], channels: Sequence[int], loss: str) -> int:
-    """How many state layers a network has: one per hidden (or conv) layer, plus the output
-    layer unless the loss reads out through a softmax layer outside the state (``ce``)."""
-    return len(hidden if arch == "mlp" else channels) + (0 if loss == "ce" else 1)
 
 
 def build_network(arch: str, n_out: int, *, hidden: Sequence[int], channels: Sequence[int], kernel: int,

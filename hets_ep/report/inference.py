@@ -259,10 +259,26 @@ def fit_boundary(stress: Sequence[float], trained: Sequence[bool], log: bool = F
 def boundary_interval(data: pd.DataFrame, log: bool, seed: int = 0, resamples: int = 1000,
                       level: float = 0.95) -> tuple[Optional[float], Optional[float], float]:
     """A percentile bootstrap interval of the boundary from ``data`` (columns ``seed``,
-    ``stress``, ``trained``), resampling seeds (each with all its runs) with replacement;
-    returns ``(low, high, found)``, ``found`` the share of resamples with a boundary."""
+    ``stress``, ``trained``), resampling seeds (each with all its runs) with replacement, widened
+    to the gap separated runs leave open (:func:`separation_gap`); returns ``(low, high, found)``,
+    ``found`` the share of resamples with a boundary."""
     draws = _boundary_draws({"only": data}, log, seed, resamples)["only"]
-    return _percentile(draws, level, resamples)
+    low, high, found = _percentile(draws, level, resamples)
+    gap = separation_gap(data["stress"].to_numpy(float), data["trained"].to_numpy(bool))
+    if gap is not None and low is not None:  # the data place the boundary anywhere in the gap
+        low, high = min(low, gap[0]), max(high, gap[1])
+    return low, high, found
+
+
+def separation_gap(stress: np.ndarray, trained: np.ndarray) -> Optional[tuple[float, float]]:
+    """Where separated runs put the boundary: between the last level of one outcome and the first
+    of the other (None if they are not separated). Every fit, Firth's included, puts its
+    boundary somewhere in it by convention, and resamples of the same levels put it at the same
+    point: the interval must span the gap the data leave open."""
+    if not separated(stress, trained):
+        return None
+    fail, ok = stress[~trained], stress[trained]
+    return (float(fail.max()), float(ok.min())) if fail.max() <= ok.min() else (float(ok.max()), float(fail.min()))
 
 
 def boundary_difference(condition: pd.DataFrame, baseline: pd.DataFrame, log: bool, seed: int = 0,

@@ -251,28 +251,18 @@ def _ratio(row) -> str:
 
 
 def cap_notes(analysis: Analysis, cond: pd.DataFrame) -> list[str]:
-    """Conditions whose relaxation stopped at its step cap unconverged, with the budget to try
-    (under state noise: the noise floor, which no budget removes)."""
+    """Conditions whose relaxation stopped short (:func:`hets_ep.stability.cap_advice`)."""
     notes = []
     for c, (_, r) in zip(analysis.conditions, cond.iterrows()):
         config = c.runs[0].config
-        t1, t2, tol = config.get("ep.T1"), config.get("ep.T2"), config.get("ep.tol")
-        noise = config.get("dynamics.noise") or 0
-        capped = tol is not None and inference.finite(r["capped"]) and r["capped"] > 0
-        unsettled = max(r["test_unconverged"] or 0, r["nudged_unconverged"] or 0) > 0.5
-        if noise > 0 and (capped or unsettled):
-            notes.append(f"- {r['condition']}: phases end above the residual tolerance; {stability.noise_floor(noise)}")
-        elif capped:
-            notes.append(f"- {r['condition']}: a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above "
-                         f"ep.tol={tol:g} "
-                         f"in {100 * r['capped']:.1f}% of training batches (phases took {md_num(r['free_steps'], 0)} "
-                         f"free and {md_num(r['nudged_steps'], 0)} nudged steps on average): raise ep.T1/ep.T2 "
-                         f"(say ep.T1={4 * t1} ep.T2={4 * t2}) for the ratio of steps to be exact, not a lower bound")
-        elif tol is None and unsettled:
-            notes.append(f"- {r['condition']}: most samples end a phase above the residual tolerance after its fixed "
-                         f"{t1}/{t2} steps (free {md_num(r['test_unconverged'], 2)}, nudged "
-                         f"{md_num(r['nudged_unconverged'], 2)}): relax to a tolerance (ep.tol=1e-3 "
-                         f"ep.T1={max(10 * t1, 1000)} ep.T2={max(10 * t2, 1000)}) to compare converged dynamics")
+        advice = stability.cap_advice(
+            capped=r["capped"] if inference.finite(r["capped"]) else 0.0, free_unconverged=r["test_unconverged"],
+            nudged_unconverged=r["nudged_unconverged"], t1=config.get("ep.T1"), t2=config.get("ep.T2"),
+            tol=config.get("ep.tol"), noise=config.get("dynamics.noise") or 0.0,
+            residual_tol=config.get("stability.residual_tol"), free_steps=r["free_steps"],
+            nudged_steps=r["nudged_steps"])
+        if advice:
+            notes.append(f"- {r['condition']}: {advice}")
     return notes
 
 
