@@ -18,11 +18,11 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from hets_ep import atomic, provenance, record, signals, slurm, xla
-from hets_ep.config import Config, roles, validate
-from hets_ep.errors import ConfigError, HetsEpError
+from hets_ep import provenance, record, resume, signals, slurm, xla
+from hets_ep.config import Config, validate
+from hets_ep.errors import HetsEpError
 from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
@@ -55,32 +55,12 @@ def log_to_file(message: str) -> None:
             handler.handle(entry)
 
 
-def _resume_from(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The saved config of ``run_dir``, checked against this command's overrides; the keys a
-    continued run may change (``train.epochs``, …) are updated in the saved record too."""
-    saved = record.load_config(run_dir)
-    explicit = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
-                if not k.startswith("hydra")]
-    differing = [k for k in explicit if not roles(k).resume and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
-    if differing:
-        raise ConfigError(f"resume={run_dir} continues that run with its saved config, but this command "
-                          f"changes {', '.join(differing)}; drop those overrides or start a new run")
-    changed = [k for k in set(explicit) if roles(k).resume and k != "resume"
-               and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
-    for key in changed:
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
-    if changed:
-        atomic.write_text(run_dir / record.CONFIG, OmegaConf.to_yaml(saved))
-    saved.resume = True
-    return saved
-
-
 def configure(cfg: DictConfig) -> tuple[Config, Path]:
     """Validate the composed config and pick the run directory (``resume=PATH``: that run's)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if isinstance(cfg.get("resume"), str) and cfg.resume.lower() not in ("true", "false"):
         run_dir = Path(cfg.resume)
-        cfg = _resume_from(cfg, run_dir)
+        cfg = resume.saved_config(cfg, run_dir, HydraConfig.get().overrides.task)
         log.info("continuing the run in %s", run_dir)
     return validate(cfg), run_dir
 

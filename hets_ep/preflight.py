@@ -7,7 +7,7 @@ stay the strings the user typed. A sweep is split into jobs by Hydra's sweeper
 config groups; the key overrides applied by Hydra's config loader), then validated against the
 schema and checked where only shapes can tell (:func:`check_job`). The run or sweep directory is
 the one the composed config names (``hydra.run.dir``, its time stamp fixed here), or the run a
-``resume`` continues (:func:`resumed_run`). Hydra then runs the same parsed arguments
+``resume`` continues (:func:`hets_ep.resume.find`). Hydra then runs the same parsed arguments
 (:mod:`hets_ep.cli`).
 
 Every problem ends as :class:`ConfigError` with one line that starts with the key or the
@@ -21,8 +21,6 @@ import copy
 import dataclasses
 import difflib
 import functools
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -31,8 +29,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from hets_ep import hydra_api, lock, record
-from hets_ep.config import Config, did_you_mean, group_options, register_schema, roles, validate
+from hets_ep import hydra_api, record, resume
+from hets_ep.config import Config, did_you_mean, group_options, register_schema, validate
 from hets_ep.errors import ConfigError, HetsEpError
 
 MIN_FREE_BYTES = 100 * 2**20
@@ -214,13 +212,13 @@ def precheck(cmd: CommandLine) -> Plan:
     if cmd.multirun:
         plan.settings["hydra.sweep.dir"] = plan.directory
     else:
-        plan.resumed = resumed_run(cmd, configs[0], hydra_node)
+        plan.resumed = resume.find(cmd.value("hydra.run.dir") is not None, configs[0], hydra_node)
         plan.directory = plan.resumed or plan.directory
         plan.settings["hydra.run.dir"] = plan.directory
         if plan.resumed is not None:  # Hydra writes no .hydra/ over the run's saved config
             plan.settings["hydra.output_subdir"] = "null"
     if cmd.command == "train":
-        check_output_dir(plan.directory, resume=bool(configs[0].resume), sweep=cmd.multirun)
+        check_output_dir(plan.directory, continuing=bool(configs[0].resume), sweep=cmd.multirun)
     return plan
 
 
@@ -342,9 +340,9 @@ def _check_launcher(launcher: Optional[str]) -> None:
                           "run it on the cluster's login node, or drop hydra/launcher to run the sweep here")
 
 
-def check_output_dir(target: Path, resume: bool, sweep: bool) -> None:
+def check_output_dir(target: Path, continuing: bool, sweep: bool) -> None:
     """Fail before any work if the run (or sweep) directory cannot be written, is nearly full,
-    or already holds a run that this command would overwrite (without ``resume``)."""
+    or already holds a run that this command would overwrite (unless ``continuing``: ``resume``)."""
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -358,81 +356,12 @@ def check_output_dir(target: Path, resume: bool, sweep: bool) -> None:
     if free < MIN_FREE_BYTES:
         raise ConfigError(f"only {free / 2**20:.0f} MiB free under {existing}; a run needs at least "
                           f"{MIN_FREE_BYTES / 2**20:.0f} MiB")
-    if not resume and target.is_dir():
+    if not continuing and target.is_dir():
         runs = sorted(d for d in target.iterdir() if d.is_dir()) if sweep else [target]
         used = [d for d in runs if record.holds_run(d)]
         if used:
             raise ConfigError(f"{used[0]} already holds a run; pass resume=true to continue it, or choose another "
                               "directory")
-
-
-# -- resume ------------------------------------------------------------------------------------
-
-def comparable(cfg: Config) -> dict[str, Any]:
-    """A config's values that make its run what it is: every key but those a continued run may
-    change (:class:`hets_ep.config.Roles`), flattened."""
-    flat = record.flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    return {k: v for k, v in flat.items() if not roles(k).resume}
-
-
-def differences(a: Config, b: Config) -> list[str]:
-    """The keys (but those a continued run may change) in which two configs differ."""
-    x, y = comparable(a), comparable(b)
-    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
-
-
-def _pattern_root(pattern: str) -> Path:
-    """The folder above every directory a ``hydra.run.dir`` pattern makes (``outputs``)."""
-    fixed = pattern.split("${", 1)[0]
-    return Path(fixed if fixed.endswith("/") or "${" not in pattern else os.path.dirname(fixed) or ".")
-
-
-def _continuable(run: Path, epochs: int) -> bool:
-    """Whether a single run can be continued: interrupted, failed, killed (running without its
-    process), or completed short of ``epochs``."""
-    try:
-        summary = json.loads((run / record.SUMMARY).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    status = summary.get("status")
-    if status == record.Status.RUNNING:
-        return not lock.in_use(run)
-    return status in (record.Status.INTERRUPTED, record.Status.FAILED) or (
-        status == record.Status.COMPLETED and summary.get("epochs_completed", 0) < epochs)
-
-
-def resumed_run(cmd: CommandLine, cfg: Config, hydra_node: DictConfig) -> Optional[Path]:
-    """The run a single run continues in place: ``resume=PATH``'s, or with ``resume=true`` and
-    no ``hydra.run.dir`` the latest run of this very configuration under the run root that can
-    be continued. None when the run starts afresh (or continues the directory it was given)."""
-    resume = cfg.resume
-    if isinstance(resume, str) and resume.lower() not in ("true", "false"):
-        run = Path(resume)
-        if not (run / record.CONFIG).is_file():
-            raise ConfigError(f"resume={run}: not a run directory (no {record.CONFIG})")
-        return run
-    if resume is not True or cmd.value("hydra.run.dir") is not None:
-        return None
-    pattern = OmegaConf.to_container(hydra_node.run, resolve=False)["dir"]
-    root, sweeps = _pattern_root(pattern), _pattern_root(OmegaConf.to_container(hydra_node.sweep,
-                                                                                  resolve=False)["dir"])
-    found, others = [], []
-    for summary in sorted(root.rglob(record.SUMMARY)) if root.is_dir() else []:
-        run = summary.parent
-        if sweeps in run.parents or not (run / record.CONFIG).is_file() or not _continuable(run, cfg.train.epochs):
-            continue
-        try:
-            differ = differences(record.saved_config(run), cfg)
-        except HetsEpError:
-            continue
-        (others if differ else found).append((summary.stat().st_mtime_ns, run, differ))
-    if found:
-        return max(found)[1]
-    named = "; ".join(f"{run} (differs in {', '.join(differ[:3])}{', …' if len(differ) > 3 else ''})"
-                      for _, run, differ in sorted(others, reverse=True)[:3])
-    raise ConfigError(f"resume=true: no interrupted, failed or unfinished run of this configuration under {root}"
-                      + (f"; runs there that could be continued: {named}" if named else "")
-                      + "; drop resume to start a new run, or pass resume=RUN_DIR")
 
 
 # -- overrides on a saved config (evaluate) ----------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hets_ep import atomic, lock, loggers, plotting, provenance, record, seeding, signals, slurm, stability, steps
+from hets_ep import atomic, lock, loggers, plotting, provenance, record, resume, seeding, signals, stability, steps
 from hets_ep.build import build_run
 from hets_ep.checkpointing import Checkpoints
 from hets_ep.config import Config
@@ -185,11 +185,7 @@ class Trainer:
         loggers.check_available(cfg.logger)
         with signals.stop.installed():
             self.checkpoints = Checkpoints(self.dir / record.CHECKPOINTS)
-            resume = cfg.resume or slurm.requeued(self.dir)
-            if resume and not cfg.resume:
-                log.info("Slurm restarted job %s (restart %d): continuing its run from the last checkpoint",
-                         provenance.job()["slurm_job"], provenance.job()["restarts"])
-            if resume:
+            if resume.wanted(cfg, self.dir):
                 if not self.restore():
                     log.warning("resume: no checkpoint in %s; starting from scratch", self.dir / record.CHECKPOINTS)
                 elif self.epoch >= cfg.train.epochs:

@@ -80,7 +80,7 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
 def test_nearly_full_disk_fails_before_training(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(preflight, "MIN_FREE_BYTES", 2**70)
     with pytest.raises(ConfigError, match="MiB free under"):
-        preflight.check_output_dir(tmp_path / "run", resume=False, sweep=False)
+        preflight.check_output_dir(tmp_path / "run", continuing=False, sweep=False)
 
 
 def test_a_sweep_into_a_used_sweep_directory_is_refused(tmp_path, capsys):
