@@ -76,8 +76,7 @@ def main() -> None:
             shift = "–" if not inference.finite(d["difference"]) else (
                 f"{ratio(d['difference'])} [{ratio(d['ci_low'])}, {ratio(d['ci_high'])}]"
                 if inference.finite(d["ci_low"]) else ratio(d["difference"]))
-            p = "–" if not inference.finite(d["p"]) else f"{d['p']:.4f}"
-            hp = "–" if not inference.finite(h) else f"{h:.4f}"
+            p, hp = (("–" if not inference.finite(v) else "< 0.001" if v == 0 else f"{v:.4f}") for v in (d["p"], h))
             print(f"| {label} | {axis} | {name} | {shift} | {p} | {hp} |")
 
 

@@ -111,8 +111,9 @@ def test_the_search_runs_as_a_sweep_and_the_report_reads_its_folder(tmp_path):
     jobs = pd.read_csv(sweep / JOBS_CSV)
     assert len(jobs) == 8 and sorted(jobs["round"].unique()) == [1, 2] and jobs["trained"].notna().all()
     assert all((sweep / str(n) / "summary.json").is_file() for n in jobs["job"])
-    runs = sum(len(c.runs) for c in analyse([sweep]).conditions)
-    assert runs == 8
+    analysis = analyse([sweep])
+    assert sum(len(c.runs) for c in analysis.conditions) == 8
+    assert sorted(analysis.searches["condition"]) == ["dt=lognormal", "dt=scalar"]  # the search's own estimates
 
 
 @pytest.mark.slow  # 200 simulated studies, two designs each (about 4 minutes; CI runs it)

@@ -124,6 +124,7 @@ class Analysis:
     boundary_tests: Optional[pd.DataFrame] = None   # one row per curve compared with its baseline curve
     boundary_curves: list[Condition] = dataclasses.field(default_factory=list)
     boundary_log: bool = False
+    searches: Optional[pd.DataFrame] = None         # each adaptive search's last running estimate (boundary_search.csv)
 
     @property
     def metric(self) -> str:
@@ -217,6 +218,7 @@ def analyse(paths: Sequence[str | Path], options: ReportOptions = ReportOptions(
     if options.boundary:
         analysis.boundary_curves = boundary.curves(conditions, options.boundary)
         analysis.boundaries, analysis.boundary_tests, analysis.boundary_log = boundary.analyse(conditions, options)
+    analysis.searches = boundary.searches(paths)
     return analysis
 
 

@@ -20,7 +20,7 @@ the curves compared at each threshold.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -178,6 +178,40 @@ def _estimator_text(row) -> str:
     if not inference.finite(row["boundary"]):
         return row["position"]
     return "Firth" if row["separated"] else "ML"
+
+
+def searches(paths: Sequence) -> Optional[pd.DataFrame]:
+    """The last running estimate of every adaptive search among ``paths`` (a folder holding
+    ``boundary_search.csv``, :mod:`hets_ep.boundary_search`), or None if there is none."""
+    from pathlib import Path
+
+    from hets_ep.boundary_search import JOBS_CSV, SEARCH_CSV
+
+    found = []
+    for path in map(Path, paths):
+        for csv in ([path / SEARCH_CSV] if (path / SEARCH_CSV).is_file() else sorted(path.rglob(SEARCH_CSV))):
+            frame = pd.read_csv(csv)
+            jobs = pd.read_csv(csv.parent / JOBS_CSV)
+            last = frame[frame["round"] == frame["round"].max()]
+            found.append(last.assign(search=str(csv.parent), axis=jobs["axis"].iloc[0]))
+    return pd.concat(found, ignore_index=True) if found else None
+
+
+def search_markdown(searches: pd.DataFrame) -> list[str]:
+    """The searches' own estimates: the intervals to read for runs placed adaptively."""
+    from hets_ep.report.tables import md_interval, md_table
+
+    lines = ["### Adaptive boundary searches", "",
+             "Runs placed by `hydra/sweeper=boundary`: the interval to read is the search's posterior 95% credible "
+             "interval below (Bayesian: it holds whatever rule placed the runs). A bootstrap over seeds above assumes "
+             "levels fixed in advance and is too narrow on a search's runs (docs/benchmarks.md).", ""]
+    lines += md_table(["search", "condition", "axis", "rounds", "runs (trained)", "boundary, posterior median "
+                                                                               "[95% credible]", "the fit's boundary"],
+                      [[r["search"], r["condition"], r["axis"], str(r["round"]), f"{r['jobs']} ({r['trained']})",
+                        md_interval(r["posterior_median"], r["credible_low"], r["credible_high"], 4, signed=False),
+                        "–" if pd.isna(r["fit_boundary"]) else f"{r['fit_boundary']:.4f} ({r['fit_estimator']})"]
+                       for _, r in searches.iterrows()])
+    return lines
 
 
 def figure(out, table: pd.DataFrame, lines: Sequence[Condition], key: str, log: bool) -> str:

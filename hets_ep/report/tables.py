@@ -237,6 +237,8 @@ def markdown(analysis: Analysis) -> str:
     if analysis.boundaries is not None:
         lines += ["", *boundary.markdown(analysis.boundaries, analysis.boundary_tests, analysis.options.boundary,
                                         analysis.boundary_log, analysis.alpha)]
+    if analysis.searches is not None:
+        lines += ["", *boundary.search_markdown(analysis.searches)]
     return "\n".join(lines) + "\n"
 
 
