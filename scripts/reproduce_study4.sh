@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Study 4 (docs/study4/PLAN.md): block N (the noise collapse: stability boundaries of one-sided
 # EP along σ and β, scalar against HTS) and block R (references at the collapse point).
-#   bash scripts/reproduce_study4.sh [train|report|all] [OUT]
+#   bash scripts/reproduce_study4.sh [train|report|all|search] [OUT]
+# search: N's σ axis re-found by the adaptive search (hydra/sweeper=boundary) with half its runs
+# (docs/benchmarks.md, "The adaptive boundary search against a grid").
 # A stopped run continues with the same command (each sweep resumes its own folder).
 set -euo pipefail
 phase=${1:-all}; out=${2:-outputs/study4}
@@ -21,6 +23,13 @@ if [[ $phase == train || $phase == all ]]; then
   # cells at β 0.1 (the same configuration and seeds; RESULTS.md, Deviations).
   sweep "$out/R" seed=$s dynamics.integrator=exact ep=symmetric,holomorphic $conditions dt.match=tau
   sweep "$out/R_published" seed=$s dynamics.integrator=euler dt=scalar
+fi
+if [[ $phase == search ]]; then
+  hets-ep train -m hydra/sweeper=boundary hydra.sweeper.axis=dynamics.noise hydra.sweeper.low=0 \
+    hydra.sweeper.high=0.08 hydra.sweeper.budget=60 hydra.sweeper.seeds_per_round=6 hydra.sweeper.train_fraction=0.5 \
+    "seed=range(12)" "${extra[@]}" dynamics.integrator=exact dt=scalar,lognormal dt.match=tau \
+    train.stop_on_collapse=true train.collapse_patience=1 "hydra.sweep.dir=$out/N_sigma_search"
+  hets-ep report "$out/N_sigma_search" --boundary dynamics.noise --train-fraction 0.5 --out "$docs/N_sigma_search"
 fi
 if [[ $phase == report || $phase == all ]]; then
   r=(hets-ep report --train-fraction 0.5)

@@ -159,3 +159,18 @@ def test_unknown_keys_get_a_near_miss():
     assert did_you_mean("completely.else") == ""
     with pytest.raises(ConfigError, match=r"^dt\.means: unknown key; did you mean dt\.mean\?$"):
         compose(["+dt.means=3"])
+
+
+def test_the_kubo2026_preset_is_the_published_standard_ep_command():
+    """`main_dendritic.py --model MLP --archi 784 256 10 --alg EP --thirdphase --betas 0.0 0.1
+    --T1 60 --T2 12 --mbs 64 --epochs 20 --act hard_sigmoid --optim sgd --lrs 0.4 0.02 --mmt 0.9`
+    (Kubo 2026's standard EP; no --lr-decay, MSE and their update s ← σ(∂Φ/∂s): dt 1, Euler)."""
+    cfg = compose(["experiment=kubo2026"])
+    assert (cfg.model.arch, cfg.model.hidden, cfg.model.activation, cfg.model.loss, cfg.model.dynamics) == \
+        ("mlp", [256], "hard_sigmoid", "mse", "leaky")
+    assert (cfg.ep.estimator, cfg.ep.beta, cfg.ep.T1, cfg.ep.T2) == ("symmetric", 0.1, 60, 12)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.schedule) == \
+        ("sgd", [0.4, 0.02], 0.9, "constant")
+    assert (cfg.train.batch_size, cfg.train.epochs) == (64, 20)
+    assert (cfg.dt.dist, cfg.dt.mean, cfg.dynamics.integrator, cfg.dynamics.update_order) == ("scalar", 1.0, "euler",
+                                                                                              "sync")
