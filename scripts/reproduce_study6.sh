@@ -43,7 +43,8 @@ if [[ $phase == report || $phase == all ]]; then
   hets-ep report "$out/N_prime_dynamics.noise_0.04_ep.beta_0.2" --out "$docs/N_prime_beta"
   hets-ep report "$out/S" --out "$docs/S"
   python "$here/study6_family.py" "$out" > "$docs/family.md"
-  depth=("$out/D/D"); [ -d "$out/D/D_skip" ] && depth+=("$out/D/D_skip")  # D_skip: cut in this study
-  hets-ep report "${depth[@]}" --boundary model.hidden --boundary-scale linear --train-fraction 0.8,0.5,0.2 \
+  hets-ep report "$out/D/D" --boundary model.hidden --boundary-scale linear --train-fraction 0.8,0.5,0.2 \
     --out "$docs/D" --family "D (secondary): late accuracy per depth, HTS − scalar"
+  hets-ep report "$out/D/D_skip" --boundary model.hidden --boundary-scale linear --train-fraction 0.8,0.5,0.2 \
+    --out "$docs/D_skip" --family "D with skips (secondary): late accuracy per depth, HTS − scalar"
 fi
