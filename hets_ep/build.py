@@ -55,20 +55,21 @@ def check_batch(cfg: Config, train_size: int) -> None:
 
 
 def member_dts(members: list[Config], net: Network, input_shape) -> list[tuple[State, dict]]:
-    """Each member's dt draw and its statistics, from its seed's own stream (what the command
-    line's checks draw too: :func:`hets_ep.preflight.check_job`)."""
+    """Each member's dt draw and its statistics, from its seed's own stream (the draw the
+    command line's checks make for a job: :func:`hets_ep.preflight.check_job`)."""
     shapes = net.state_shapes(input_shape)
     return [sample_dt(m.seed, m.dt, shapes) for m in members]
 
 
 def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = False,
-              members: list[Config] | None = None) -> Run:
+              members: list[Config] | None = None, dts: list[tuple[State, dict]] | None = None) -> Run:
     """Everything a run of ``cfg`` computes with, before its first step (``data``: already
     loaded, else read as ``cfg.dataset`` says; ``evaluation``: built to evaluate trained weights,
     so the training split need not hold a batch). Its members are the seeds ``seed … seed+K−1``
     of ``train.parallel_seeds = K``, or ``members``: configs that differ from ``cfg`` only in
     keys the program holds per member (:class:`hets_ep.config.Roles`: a stacked sweep's jobs,
-    :mod:`hets_ep.stacked_sweep`)."""
+    :mod:`hets_ep.stacked_sweep`). ``dts``: the members' dt draws, already made (a job's, by
+    the command line's checks: :mod:`hets_ep.plan`); else drawn here."""
     d = cfg.dataset
     data = data or load_dataset(d.name, d.root, d.path, d.subset, d.normalize, d.test_subset)
     net = cfg.model.build(data.classes)
@@ -80,7 +81,7 @@ def build_run(cfg: Config, data: Dataset | None = None, *, evaluation: bool = Fa
     if not evaluation:
         check_batch(cfg, len(splits[0][0]))
     steps_per_epoch = len(splits[0][0]) // cfg.train.batch_size
-    dts = member_dts(members, net, data.input_shape)
+    dts = dts or member_dts(members, net, data.input_shape)
     first = net.init(seeding.key(seeds[0], "init"), data.input_shape)
     tx = optim.build(cfg.optimizer, first, steps_per_epoch, cfg.train.epochs)
     state = steps.init_state(net, tx, data.input_shape, seeds, [dt for dt, _ in dts], cfg.stability.spike_window)

@@ -1,8 +1,9 @@
 """``hets-ep train|gradcheck|evaluate|report|bench``: dispatch, and the two Hydra apps.
 
 ``train`` and ``gradcheck`` are parsed once by Hydra's argument parser; every job they name is
-composed and checked before any work (:mod:`hets_ep.preflight`), then Hydra runs the same parsed
-arguments, each job inside :func:`hets_ep.job.guarded`. Every problem a user can fix ends as one
+composed and checked before any work (:mod:`hets_ep.preflight`) and written into the plan beside
+the run or sweep (:mod:`hets_ep.plan`); then Hydra runs the same parsed arguments, each job
+inside :func:`hets_ep.job.guarded` reading its entry in the plan. Every problem a user can fix ends as one
 line on stderr and a non-zero exit: 2 for a bad value, a missing file or a failed job; 128 +
 signal for a run stopped by SIGINT/SIGTERM after it checkpointed.
 """
@@ -14,11 +15,12 @@ import os
 import signal
 import sys
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from hets_ep import __version__, stacked_sweep, hydra_api, job, preflight, record, signals, xla
+from hets_ep import __version__, hydra_api, job, plan, preflight, record, signals, stacked_sweep, xla
 from hets_ep.config import describe_options, register_schema
 from hets_ep.errors import HetsEpError
+from hets_ep.plan import Job, Plan
 from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
@@ -45,35 +47,46 @@ def fail(message: str, code: int = 2):
 
 
 @job.guarded
-def train_app(cfg: DictConfig) -> None:
+def train_app(planned: Plan, entry: Job) -> None:
     from hets_ep.train import train
 
-    config, run_dir = job.configure(cfg)
-    stacked = stacked_sweep.members.get()
-    job.prepare_jax(config, members=len(stacked) if stacked else config.train.parallel_seeds)
-    name = job.name()
-    for k, summary in enumerate(train(config, run_dir, name, stacked)):
+    config, members = entry.config, planned.members(entry)
+    stacked = [(m.config, m.folder, m.label) for m in members] if len(members) > 1 else None
+    job.prepare_jax(config, members=len(members) if stacked else config.train.parallel_seeds)
+    if planned.resumed is not None:
+        log.info("continuing the run in %s", entry.folder)
+    dts = [m.dts[0] for m in members] if stacked else entry.dts
+    for k, summary in enumerate(train(config, entry.folder, entry.label, stacked, dts)):
         if stacked:
-            _, where, label = stacked[k]
+            label, where = members[k].label, members[k].folder
         else:
-            label, where = name, run_dir if config.train.parallel_seeds == 1 else run_dir / f"seed_{summary.seed}"
+            label, where = entry.label, entry.folder if config.train.parallel_seeds == 1 else \
+                entry.folder / f"seed_{summary.seed}"
         log.info("%sseed %d %s: best %s accuracy %s after %d epochs; outputs in %s", f"{label}: " if label else "",
                  summary.seed, summary.status, summary.monitor, summary.best_acc, summary.epochs_completed, where)
 
 
 @job.guarded
-def gradcheck_app(cfg: DictConfig) -> None:
+def gradcheck_app(planned: Plan, entry: Job) -> None:
     from hets_ep.gradcheck import gradcheck
 
-    config, run_dir = job.configure(cfg)
-    job.prepare_jax(config, members=1)
-    gradcheck(config, run_dir)
+    job.prepare_jax(entry.config, members=1)
+    gradcheck(entry.config, entry.folder, entry.dts)
 
 
 def _quoted(value) -> str:
-    """A value for a Hydra override, quoted unless it is ``null``."""
-    text = str(value)
-    return text if text == "null" else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A value for a Hydra override, quoted."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _hydra_settings(planned: Plan) -> list[str]:
+    """Hydra's own settings for where the plan says the run or sweep writes (the directory's
+    time stamp fixed by the pre-flight; a continued run's folder, whose saved config Hydra must
+    not overwrite)."""
+    if planned.multirun:
+        return [f"hydra.sweep.dir={_quoted(planned.directory)}"]
+    return [f"hydra.run.dir={_quoted(planned.directory)}",
+            *(["hydra.output_subdir=null"] if planned.resumed is not None else [])]
 
 
 def _hydra_command(command: str, argv: list[str]) -> None:
@@ -81,18 +94,17 @@ def _hydra_command(command: str, argv: list[str]) -> None:
     if cmd.args.experimental_rerun is not None:
         fail("--experimental-rerun is not supported; continue a run with resume=RUN_DIR")
     if not cmd.answered_by_hydra:
-        plan = preflight.precheck(cmd)
-        if plan.resumed is not None and cmd.value("resume") is True:  # the run found: continued in place
-            plan.settings["resume"] = plan.resumed
-        cmd.args.overrides += [f"{key}={_quoted(value)}" for key, value in plan.settings.items()]
-        if plan.launcher == "stacked" and plan.search is None:  # a search's rounds are grouped as they launch
-            print("\n".join(stacked_sweep.explain(plan.configs, stacked_sweep.groups(plan.configs, plan.max_members))))
+        planned = preflight.precheck(cmd)
+        cmd.args.overrides += _hydra_settings(planned)
+        if planned.launcher == "stacked" and planned.search is None:  # a search's rounds are grouped as they launch
+            print("\n".join(stacked_sweep.explain(planned.configs, planned.groups())))
         if cmd.multirun:
-            signals.stop.share(plan.directory / record.STOP)
-            os.environ[job.SWEPT] = " ".join([*cmd.swept, *([plan.search.axis] if plan.search else [])])
+            signals.stop.share(planned.directory / record.STOP)
     if signals.stop.received is not None:
         fail(f"{signal.Signals(signals.stop.received).name} before the run started; nothing was written",
              128 + signals.stop.received)
+    if not cmd.answered_by_hydra:
+        plan.write(planned)
     if command == "gradcheck" and cmd.value("hydra.job.name") is None:
         cmd.args.overrides.append("hydra.job.name=gradcheck")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach the handlers below, not Hydra's printer

@@ -64,16 +64,18 @@ def _why_not_exact(cfg: Config, report: dict) -> list[str]:
     return reasons
 
 
-def gradcheck(cfg: Config, run_dir: Path) -> dict:
+def gradcheck(cfg: Config, run_dir: Path, dts: list | None = None) -> dict:
     """Cosine similarity and norm ratio per weight tensor, for each estimator, at initial weights;
     writes ``gradcheck.json`` (and ``gdu.json`` with ``gdu/`` figures) into ``run_dir``.
 
     Uses the first ``gradcheck.batch_size`` training examples and the run's model, dt draw,
     dynamics and phases (``ep.T1``, ``ep.T2``, ``ep.beta``, ``ep.N``, ``ep.tol``; BPTT always
     runs exactly ``ep.T1`` steps). Agreement needs converged phases and a small β: the report
-    includes the free phase's residuals. Prints a table and returns the report.
+    includes the free phase's residuals. Prints a table and returns the report. ``dts``: the
+    job's dt draw per seed, made by the command line's checks (else drawn here).
     """
-    run = build_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, parallel_seeds=1)))
+    run = build_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, parallel_seeds=1)),
+                    dts=dts[:1] if dts else None)
     cfg = run.cfg  # its relaxation backend resolved
     net, params, dt = run.net, steps.member(run.state.params, 0), steps.member(run.state.dt, 0)
     n = cfg.gradcheck.batch_size

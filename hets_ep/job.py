@@ -1,6 +1,7 @@
-"""What every job of ``hets-ep train|gradcheck`` does around its task, inside Hydra: its config
-validated (a run continued in place: its saved config), JAX set up for the machine, errors
-recorded, signals turned into a checkpoint and a resumable record.
+"""What every job of ``hets-ep train|gradcheck`` does around its task, inside Hydra: its entry
+read from the pre-flight's plan (:mod:`hets_ep.plan`: its config, folder, label and dt draw),
+JAX set up for the machine, errors recorded, signals turned into a checkpoint and a resumable
+record.
 
 A job's error reaches the command line through one channel,
 :data:`hets_ep.signals.outcome` (a job in another process through its run record, which the
@@ -11,39 +12,26 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hets_ep import provenance, record, resume, signals, slurm, xla
-from hets_ep.config import Config, validate
+from hets_ep import provenance, record, signals, slurm, xla
+from hets_ep.config import Config
+from hets_ep.plan import Job, Plan, this_job
 from hets_ep.errors import HetsEpError
 from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
-# The keys a sweep varies, for its jobs' log lines (set by the command line, inherited by workers).
-SWEPT = "HETS_EP_SWEPT_KEYS"
 
 
 def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def name(number: int | None = None, overrides: list[str] | None = None) -> str:
-    """In a sweep, ``job N (its values of the swept keys)``: the log lines of jobs side by side
-    say whose they are (this job's, or job ``number``'s with its ``overrides``)."""
-    if number is None:
-        if not in_sweep():
-            return ""
-        number, overrides = HydraConfig.get().job.num, HydraConfig.get().overrides.task
-    swept = set(os.environ.get(SWEPT, "").split())
-    values = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
-    return f"job {number}" + (f" ({' '.join(values)})" if values else "")
 
 
 def log_to_file(message: str) -> None:
@@ -53,16 +41,6 @@ def log_to_file(message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(entry)
-
-
-def configure(cfg: DictConfig) -> tuple[Config, Path]:
-    """Validate the composed config and pick the run directory (``resume=PATH``: that run's)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if isinstance(cfg.get("resume"), str) and cfg.resume.lower() not in ("true", "false"):
-        run_dir = Path(cfg.resume)
-        cfg = resume.saved_config(cfg, run_dir, HydraConfig.get().overrides.task)
-        log.info("continuing the run in %s", run_dir)
-    return validate(cfg), run_dir
 
 
 def prepare_jax(config: Config, members: int) -> None:
@@ -77,25 +55,28 @@ def prepare_jax(config: Config, members: int) -> None:
     xla.enable_compilation_cache(cache_dir())
 
 
-def guarded(task):
-    """Each job of a run or sweep. A user-fixable problem is written into the job's
+def guarded(task: Callable[[Plan, Job], None]):
+    """Each job of a run or sweep: ``task(plan, job)`` on the job's entry in the pre-flight's
+    plan (Hydra's composition of the job is not read). A user-fixable problem is written into the job's
     ``train.log`` (not the console: the command line prints it once) and into its record —
     ``status: failed`` with the error, unless the folder holds a run — and reported through
     :data:`hets_ep.signals.outcome`. In a sweep the other jobs go on, and the sweep's end
     names every failure. A job of a sweep that was signalled does not start."""
 
     @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> None:
+    def wrapper(_hydra_composed: DictConfig) -> None:
         for noisy in ("jax", "absl"):  # backend probing and orbax's save log are noise to users
             logging.getLogger(noisy).setLevel(logging.WARNING)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if in_sweep():  # in a worker process of a parallel sweep: from its first job on
             signals.stop.hold()
             signals.stop.watch(Path(HydraConfig.get().sweep.dir) / record.STOP)
+        entry = None
         try:
             if signals.stop.received is not None:  # stopped before this job began
                 raise RunInterrupted(signals.stop.received, run_dir, started=False)
-            task(cfg)
+            planned, entry = this_job()
+            task(planned, entry)
         except RunInterrupted as err:
             if err.started:
                 log.warning("%s", err)
@@ -110,7 +91,7 @@ def guarded(task):
         except HetsEpError as err:
             log_to_file(f"error: {err}")
             if not record.holds_run(run_dir) and run_dir.is_dir():
-                record.write_summary(run_dir, record.failed(cfg.get("seed", 0), str(err),
+                record.write_summary(run_dir, record.failed(entry.config.seed if entry else 0, str(err),
                                                             versions=provenance.versions(), runtime=provenance.job()))
             if not in_sweep():
                 signals.outcome.report(err)

@@ -5,10 +5,11 @@ The command line is parsed once, by Hydra's own argument parser (:func:`parse`);
 stay the strings the user typed. A sweep is split into jobs by Hydra's sweeper
 (``BasicSweeper.split_arguments``), each job composed by Hydra's compose API (once per choice of
 config groups; the key overrides applied by Hydra's config loader), then validated against the
-schema and checked where only shapes can tell (:func:`check_job`). The run or sweep directory is
-the one the composed config names (``hydra.run.dir``, its time stamp fixed here), or the run a
-``resume`` continues (:func:`hets_ep.resume.find`). Hydra then runs the same parsed arguments
-(:mod:`hets_ep.cli`).
+schema and checked where only shapes can tell (:func:`check_job`, which makes each job's dt
+draw). The run or sweep directory is the one the composed config names (``hydra.run.dir``, its
+time stamp fixed here), or the run a ``resume`` continues (:func:`hets_ep.resume.find`). What was
+decided is the plan (:mod:`hets_ep.plan`), each job's only input; Hydra then runs the same parsed
+arguments (:mod:`hets_ep.cli`).
 
 Every problem ends as :class:`ConfigError` with one line that starts with the key or the
 override, and in a sweep names the job by its swept values.
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from hets_ep import hydra_api, record, resume
 from hets_ep.config import Config, did_you_mean, group_options, register_schema, validate
 from hets_ep.errors import ConfigError, HetsEpError
+from hets_ep.plan import Job as PlannedJob, Plan, write as write_plan
 
 MIN_FREE_BYTES = 100 * 2**20
 DEPRECATED_LAUNCHER = "fused"   # hydra/launcher=stacked's old name (until the next version)
@@ -167,23 +169,17 @@ def job_config(composed: DictConfig) -> Config:
     return validate(OmegaConf.create(plain))
 
 
-@dataclasses.dataclass
-class Plan:
-    """What the pre-flight found: every job's config and where the run or sweep writes."""
-
-    configs: list[Config]
-    directory: Path
-    launcher: Optional[str] = None     # hydra/launcher's choice
-    max_members: int = 64              # hydra/launcher=stacked: the most jobs in one program
-    resumed: Optional[Path] = None     # the run a single run continues in place (resume=…)
-    search: Any = None                 # hydra/sweeper=boundary: its settings (hets_ep.boundary_search.Search)
-    settings: dict[str, str] = dataclasses.field(default_factory=dict)   # Hydra settings to add
+def task_overrides(overrides: Sequence[str]) -> list[str]:
+    """A job's own overrides: those Hydra passes its task (not Hydra's settings, ``hydra…``)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
 def precheck(cmd: CommandLine) -> Plan:
     """Compose and validate every job the command line names, then what needs shapes
-    (:func:`check_job`); fix the run or sweep directory and check it can be written."""
-    compose, configs, hydra_node, jobs = Composer(), [], None, cmd.jobs()
+    (:func:`check_job`, which makes each job's dt draw); fix the run or sweep directory and
+    check it can be written. Returns the plan (:mod:`hets_ep.plan`), written by the caller once
+    nothing can fail any more; a boundary search's jobs join it round by round (:func:`extend`)."""
+    compose, composed, configs, jobs = Composer(), [], [], cmd.jobs()
 
     def checked(job, check):
         try:
@@ -193,33 +189,80 @@ def precheck(cmd: CommandLine) -> Plan:
             raise ConfigError(f"{message} (in the sweep's job {cmd.label(job)})" if cmd.swept else message) from None
 
     for job in jobs:
-        composed = checked(job, lambda: compose(job))
-        configs.append(checked(job, lambda: job_config(composed)))
-        hydra_node = hydra_node or composed.hydra
+        composed.append(checked(job, lambda: compose(job)))
+        configs.append(checked(job, lambda: job_config(composed[-1])))
+    hydra_node = composed[0].hydra
     _check_launcher(hydra_node.runtime.choices.get("hydra/launcher"))
     launcher = hydra_node.runtime.choices.get("hydra/launcher")
     if launcher == DEPRECATED_LAUNCHER:
         print(f"hets-ep: hydra/launcher={DEPRECATED_LAUNCHER} is now hydra/launcher=stacked (jobs stacked into one "
               "program); the old name goes in the next version", file=sys.stderr)
         launcher = "stacked"
-    plan = Plan(configs, Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir), launcher,
-                int(hydra_node.launcher.get("max_members", 64)))
+    if cmd.multirun and OmegaConf.to_container(hydra_node.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
+        raise ConfigError("hydra.sweep.subdir: hets-ep writes job N of a sweep into SWEEP_DIR/N (where resume=true "
+                          "and the report find it); set hydra.sweep.dir instead")
+    plan = Plan(Path(hydra_node.sweep.dir if cmd.multirun else hydra_node.run.dir).absolute(), cmd.multirun,
+                tuple(cmd.swept), launcher, int(hydra_node.launcher.get("max_members", 64)))
     if hydra_node.runtime.choices.get("hydra/sweeper") == "boundary":
         plan.search = _check_search(cmd, hydra_node, compose)
-    _configure_jax(cmd, hydra_node, plan)
-    for job, cfg in zip(jobs, configs):
-        checked(job, lambda: check_job(cfg))
-    if cmd.multirun:
-        plan.settings["hydra.sweep.dir"] = plan.directory
-    else:
+        plan.swept += (plan.search.axis,)
+    stacked = _groups(plan, configs)
+    _configure_jax(cmd, hydra_node, len(stacked[0]) if plan.launcher == "stacked" else configs[0].train.parallel_seeds)
+    changed = False
+    if not cmd.multirun:
         plan.resumed = resume.find(cmd.value("hydra.run.dir") is not None, configs[0], hydra_node)
-        plan.directory = plan.resumed or plan.directory
-        plan.settings["hydra.run.dir"] = plan.directory
-        if plan.resumed is not None:  # Hydra writes no .hydra/ over the run's saved config
-            plan.settings["hydra.output_subdir"] = "null"
+        plan.directory = plan.resumed.absolute() if plan.resumed else plan.directory
+        if plan.resumed is not None:  # continued with its saved config
+            saved, changed = resume.saved_config(composed[0], plan.resumed, task_overrides(cmd.args.overrides))
+            configs[0] = validate(OmegaConf.merge(saved, {"resume": True}))
+    dts = [checked(job, lambda: check_job(cfg)) for job, cfg in zip(jobs, configs)]
     if cmd.command == "train":
         check_output_dir(plan.directory, continuing=bool(configs[0].resume), sweep=cmd.multirun)
+    if changed:
+        resume.keep(plan.resumed, saved)
+    if plan.search is None:  # a search's jobs are its rounds', planned as they launch
+        _add(plan, [task_overrides(job) for job in jobs], 0, configs, dts, stacked)
     return plan
+
+
+def extend(plan: Plan, batch: Sequence[Sequence[str]], first: int,
+           compose: Callable[[Sequence[str]], DictConfig]) -> None:
+    """Add the jobs ``first, first+1, …`` (their overrides ``batch``: a boundary search's round)
+    to ``plan``, each composed (``compose``: inside Hydra, its config loader), validated and drawn
+    as :func:`precheck` does, and write the plan."""
+    configs, dts = [], []
+    for overrides in batch:
+        try:
+            configs.append(job_config(compose(overrides)))
+            dts.append(check_job(configs[-1]))
+        except Exception as err:
+            raise ConfigError(f"{_explained(err)} (in the search's job {' '.join(overrides)})") from None
+    _add(plan, [list(o) for o in batch], first, configs, dts, _groups(plan, configs))
+    write_plan(plan)
+
+
+def _groups(plan: Plan, configs: Sequence[Config]) -> list[list[int]]:
+    """The jobs (indices into ``configs``) each program trains: a stacked launcher's groups
+    (:func:`hets_ep.stacked_sweep.groups`), else each job alone."""
+    if plan.launcher != "stacked":
+        return [[i] for i in range(len(configs))]
+    from hets_ep.stacked_sweep import groups
+
+    return groups(configs, plan.max_members)
+
+
+def _add(plan: Plan, batch: Sequence[Sequence[str]], first: int, configs: Sequence[Config], dts: Sequence[list],
+         stacked: list[list[int]]) -> None:
+    for i, (overrides, cfg, drawn) in enumerate(zip(batch, configs, dts)):
+        number = first + i
+        plan.jobs[number] = PlannedJob(number, tuple(overrides), plan.label(number, overrides),
+                                       plan.directory / str(number) if plan.multirun else plan.directory, cfg, drawn)
+    for group in stacked:
+        if len(group) > 1:
+            numbers = tuple(first + i for i in group)
+            plan.jobs[numbers[0]].members = numbers
+            for number in numbers[1:]:
+                plan.jobs[number].stacked_into = numbers[0]
 
 
 def _check_search(cmd: CommandLine, hydra_node: DictConfig, compose: Composer):
@@ -259,25 +302,21 @@ def _check_search(cmd: CommandLine, hydra_node: DictConfig, compose: Composer):
     return search
 
 
-def _configure_jax(cmd: CommandLine, hydra_node: DictConfig, plan: Plan) -> None:
-    """Set XLA up as a job run in this process needs it (its CPU split into devices for several
-    members; a single run, or a sweep's basic or stacked launcher), before the checks start JAX to
-    draw each job's time steps (a sweep's worker processes set up their own)."""
+def _configure_jax(cmd: CommandLine, hydra_node: DictConfig, members: int) -> None:
+    """Set XLA up as a job run in this process needs it (its CPU split into ``members`` devices;
+    a single run, or a sweep's basic or stacked launcher), before the checks start JAX to draw
+    each job's time steps (a sweep's worker processes set up their own)."""
     from hets_ep import xla
 
-    members = plan.configs[0].train.parallel_seeds
-    if plan.launcher == "stacked":
-        from hets_ep.stacked_sweep import groups
-
-        members = len(groups(plan.configs, plan.max_members)[0])
     concurrent = cmd.multirun and hydra_node.launcher.get("n_jobs", 1) not in (None, 1)
     xla.configure(**xla.job_settings(concurrent, members))
 
 
-def check_job(cfg: Config) -> None:
+def check_job(cfg: Config) -> list:
     """What the schema alone cannot see: the dataset's shape and size against the batch and the
-    validation split, per-layer rate lists against the model's layers, each member's own dt draw
-    (its seed's, as the job will draw it) on the model's state shapes, the trackers' libraries."""
+    validation split, per-layer rate lists against the model's layers, each seed's own dt draw
+    on the model's state shapes, the trackers' libraries. Returns the draws (per seed ``seed …
+    seed+K−1``: the dt and its statistics), which the job trains with."""
     from hets_ep import loggers
     from hets_ep.build import check_batch
     from hets_ep.optim import layer_count
@@ -292,9 +331,9 @@ def check_job(cfg: Config) -> None:
     _check(len(cfg.optimizer.lr) in (1, layers), "optimizer.lr",
            f"lists {len(cfg.optimizer.lr)} rates; the model has {layers} layers: give 1 or {layers}")
     shapes = _state_shapes(_frozen(cfg.model), input_shape, classes)
-    for seed in range(cfg.seed, cfg.seed + cfg.train.parallel_seeds):
-        _draw(_frozen(cfg.dt), shapes, seed)
+    drawn = [_draw(_frozen(cfg.dt), shapes, seed) for seed in range(cfg.seed, cfg.seed + cfg.train.parallel_seeds)]
     loggers.check_available(cfg.logger)
+    return drawn
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -322,14 +361,14 @@ def _state_shapes(model: tuple, input_shape: tuple, classes: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _draw(dt: tuple, shapes: tuple, seed: int) -> None:
-    """The draw the job will make (:func:`hets_ep.timeconstants.sample_dt`, the seed's own stream):
-    whether a truncated family can hold the request depends on it."""
+def _draw(dt: tuple, shapes: tuple, seed: int) -> tuple:
+    """A seed's dt draw (:func:`hets_ep.timeconstants.sample_dt`, its own stream): whether a
+    truncated family can hold the request depends on it."""
     from hets_ep.config import DtConfig
     from hets_ep.timeconstants import sample_dt
 
     try:
-        sample_dt(seed, DtConfig(*dt), shapes)
+        return sample_dt(seed, DtConfig(*dt), shapes)
     except ConfigError as err:
         raise ConfigError(f"{err} (with seed {seed}'s draw)") from None
 

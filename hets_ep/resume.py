@@ -6,7 +6,7 @@ whether a run starts by restoring its checkpoint.
   (:func:`find`, in the pre-flight; a sweep's jobs each continue their own folder).
 * The continued run keeps its saved config; the command may change only the keys a continued
   run may (:class:`hets_ep.config.Roles`: ``train.epochs``, …), written back into the record
-  (:func:`saved_config`).
+  (:func:`saved_config`, :func:`keep`); both in the pre-flight, the job reading them from its plan.
 * A run restores its last checkpoint when asked to, or when Slurm restarted its job
   (:func:`wanted`); the trainer does the restoring.
 """
@@ -96,9 +96,10 @@ def find(run_dir_given: bool, cfg: Config, hydra_node: DictConfig) -> Optional[P
                       + "; drop resume to start a new run, or pass resume=RUN_DIR")
 
 
-def saved_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> DictConfig:
-    """The saved config of ``run_dir``, checked against this command's ``overrides``; the keys a
-    continued run may change (``train.epochs``, …) are updated in the saved record too."""
+def saved_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> tuple[DictConfig, bool]:
+    """The saved config of ``run_dir``, checked against this command's ``overrides``, with the
+    keys a continued run may change (``train.epochs``, …) updated; and whether any was (then
+    :func:`keep` writes it back into the record, once the command's checks have passed)."""
     saved = record.load_config(run_dir)
     explicit = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in overrides) if not k.startswith("hydra")]
     differing = [k for k in explicit if not roles(k).resume and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
@@ -109,10 +110,12 @@ def saved_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> Di
                and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)]
     for key in changed:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
-    if changed:
-        atomic.write_text(run_dir / record.CONFIG, OmegaConf.to_yaml(saved))
-    saved.resume = True
-    return saved
+    return saved, bool(changed)
+
+
+def keep(run_dir: Path, saved: DictConfig) -> None:
+    """Write a continued run's updated config (:func:`saved_config`) into its record."""
+    atomic.write_text(run_dir / record.CONFIG, OmegaConf.to_yaml(saved))
 
 
 def wanted(cfg: Config, run_dir: Path) -> bool:

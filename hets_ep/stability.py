@@ -70,7 +70,7 @@ def cap_advice(*, capped: float, free_unconverged: float, nudged_unconverged: fl
     if hit:
         steps = "" if free_steps is None else (f" (phases took {free_steps:.0f} free and {nudged_steps:.0f} nudged "
                                                "steps on average)")
-        return (f"a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above ep.tol={tol:g} in {100 * capped:.1f}% of "
+        return (f"a phase stopped at its cap (ep.T1={t1}, ep.T2={t2}) above ep.tol={tol:g} in {_percent(capped)} of "
                 f"batches{steps}: raise ep.T1/ep.T2 (say ep.T1={4 * t1} ep.T2={4 * t2}) for the steps it needs to be "
                 "counted, not bounded")
     if tol is None and unsettled:
@@ -79,6 +79,11 @@ def cap_advice(*, capped: float, free_unconverged: float, nudged_unconverged: fl
                 f"(ep.tol={residual_tol:g} ep.T1={max(10 * t1, 1000)} ep.T2={max(10 * t2, 1000)}) to compare "
                 "converged dynamics")
     return None
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that a rare event does not round to 0.0% (0.012%, 3.4%)."""
+    return f"{100 * share:.2g}%" if share < 0.01 else f"{100 * share:.1f}%"
 
 
 def _share(value: Optional[float]) -> str:

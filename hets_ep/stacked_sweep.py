@@ -4,13 +4,14 @@ only in values that are arrays at run time — the keys :class:`hets_ep.config.R
 ``dt.redraw`` or ``dt.per``), |β| and the learning-rate scale — train as the members of one
 vmapped program, each job still writing its own run folder and record as if it ran alone.
 
-The launcher (the Hydra plugin ``hydra_plugins.hets_ep_stacked``) composes every job with Hydra's
-own config loader and validates it, then groups (:func:`groups`, pure) the jobs whose configs are
-equal but for those keys (at most ``max_members`` a group, and never
-a job with ``train.parallel_seeds`` > 1). A group of one runs as Hydra's basic launcher
-runs a job. A larger group runs once, in its first job (Hydra's ``run_job``: its folder, log and
-callbacks), with every job of the group as a member (:class:`hets_ep.train.Trainer`); the other
-jobs' folders get Hydra's files (``.hydra/config.yaml`` …) from Hydra's own writer. The shared
+The pre-flight (:mod:`hets_ep.preflight`) groups (:func:`groups`, pure) the jobs whose validated
+configs are equal but for those keys (at most ``max_members`` a group, and never a job with
+``train.parallel_seeds`` > 1) and writes the groups into the plan (:mod:`hets_ep.plan`); the
+launcher (the Hydra plugin ``hydra_plugins.hets_ep_stacked``) runs them. A group of one runs as
+Hydra's basic launcher runs a job. A larger group runs once, in its first job (Hydra's
+``run_job``: its folder, log and callbacks), with every job of the group as a member
+(:class:`hets_ep.train.Trainer`); the other jobs' folders get Hydra's files
+(``.hydra/config.yaml`` …) from Hydra's own writer. The shared
 checkpoints live in the first job's folder, so ``resume=true`` re-forms the same groups and
 continues them; a signal checkpoints the whole group and marks each of its jobs interrupted.
 What was stacked, and why the other jobs were not, is logged before the first job starts.
@@ -18,19 +19,9 @@ What was stacked, and why the other jobs were not, is logged before the first jo
 
 from __future__ import annotations
 
-import contextvars
-import logging
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 from hets_ep.config import Config, roles
-
-log = logging.getLogger("hets_ep")
-
-# The members of the stacked group the current job trains — each job's config, run folder and
-# label — set by the launcher around the group's run.
-members: contextvars.ContextVar[Optional[list[tuple[Config, Path, str]]]] = contextvars.ContextVar("members",
-                                                                                                    default=None)
 
 
 def flat(cfg: Config) -> dict[str, str]:

@@ -74,13 +74,14 @@ class Trainer:
     one writes nothing; :meth:`fit` does."""
 
     def __init__(self, cfg: Config, run_dir: Path, name: str = "",
-                 stacked: list[tuple[Config, Path, str]] | None = None):
+                 stacked: list[tuple[Config, Path, str]] | None = None, dts: list | None = None):
         """``stacked``: the jobs of a stacked sweep trained as this run's members, each a config that
         differs from ``cfg`` only in keys held per member (seed, dt, β, learning-rate scale), its
         own run directory and its job's label (the shared checkpoints stay in ``run_dir``, the
-        first job's)."""
+        first job's). ``dts``: each member's dt draw, made by the command line's checks (else
+        drawn here: :func:`hets_ep.build.build_run`)."""
         self.cfg, self.dir, self.stacked = cfg, Path(run_dir), bool(stacked)
-        run = build_run(cfg, members=[c for c, _, _ in stacked] if stacked else None)
+        run = build_run(cfg, members=[c for c, _, _ in stacked] if stacked else None, dts=dts)
         self.data, self.net, self.steps_per_epoch = run.data, run.net, run.steps_per_epoch
         self.rates, self.tx, self.schedule = run.rates, run.tx, run.schedule
         dirs = [d for _, d, _ in stacked] if stacked else [self.dir] if len(run.seeds) == 1 else \
@@ -315,13 +316,13 @@ class Trainer:
         raise RunInterrupted(signum, self.dir)
 
 
-def train(cfg: Config, run_dir: Path, name: str = "",
-          stacked: list[tuple[Config, Path, str]] | None = None) -> list[record.Summary]:
+def train(cfg: Config, run_dir: Path, name: str = "", stacked: list[tuple[Config, Path, str]] | None = None,
+          dts: list | None = None) -> list[record.Summary]:
     """Train one configuration into ``run_dir`` (with ``stacked``, a stacked sweep's jobs as its
     members: :class:`Trainer`); returns the summary of each member. ``name`` prefixes its log
     lines (a sweep's job names its condition)."""
     with lock.run_lock(run_dir):
-        trainer = Trainer(cfg, run_dir, name, stacked)
+        trainer = Trainer(cfg, run_dir, name, stacked, dts)
         try:
             return trainer.fit()
         finally:

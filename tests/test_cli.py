@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,6 +68,21 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_starts(tmp_path, capsy
     err = _fails(capsys, "train", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep}")
     assert message in err and err.strip().endswith(f"(in the sweep's job {job})"), err
     assert not sweep.exists()
+
+
+def test_a_sweep_subdir_but_the_job_number_and_a_job_without_a_plan_are_refused_in_one_line(tmp_path, capsys):
+    """Jobs live in SWEEP_DIR/N, where the plan, resume and the report look for them; a job
+    started by anything but hets-ep finds no plan beside its run and says what to do."""
+    from hets_ep import plan
+    from hets_ep.errors import HetsEpError
+
+    sweep = tmp_path / "sweep"
+    err = _fails(capsys, "train", "-m", *TINY, "seed=0,1", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+                 f"hydra.sweep.dir={sweep}")
+    assert err.startswith("hets-ep: error: hydra.sweep.subdir: hets-ep writes job N of a sweep into SWEEP_DIR/N")
+    assert not sweep.exists()
+    with pytest.raises(HetsEpError, match="plan.pkl: no plan; start runs and sweeps with hets-ep train"):
+        plan.read(tmp_path)
 
 
 def test_an_error_inside_a_run_prints_once_and_is_recorded(tmp_path):
@@ -223,6 +239,40 @@ def test_gradcheck_command(tmp_path):
     assert (tmp_path / "gdu" / "layers_1_kernel.png").stat().st_size > 5000
 
 
+def test_each_job_is_composed_validated_and_drawn_once_and_reads_the_plan(tmp_path, monkeypatch):
+    """The command line decides each job once (hets_ep.plan): a sweep of two jobs is composed,
+    validated and drawn twice in all; each job trains with the plan's draw, in the plan's folder."""
+    import collections
+
+    from hets_ep import build, plan
+
+    counts = collections.Counter()
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(preflight.Composer, "__call__", counted("compose", preflight.Composer.__call__))
+    monkeypatch.setattr(preflight, "validate", counted("validate", preflight.validate))
+    draw = counted("draw", build.sample_dt)
+    monkeypatch.setattr(build, "sample_dt", draw)
+    monkeypatch.setattr("hets_ep.timeconstants.sample_dt", draw)
+    preflight._draw.cache_clear()
+    sweep = tmp_path / "sweep"
+    cli.main(["train", "-m", *TINY, "train.epochs=1", "seed=0,1", "dt=lognormal", "hydra/launcher=basic",
+              "hydra.callbacks.sweep_end.report=false", f"hydra.sweep.dir={sweep}"])
+    assert counts == {"compose": 2, "validate": 2, "draw": 2}
+    jobs = plan.read(sweep).jobs
+    assert [(j.label, j.folder) for j in jobs.values()] == [("job 0 (seed=0)", sweep / "0"), ("job 1 (seed=1)", sweep / "1")]
+    for job in jobs.values():
+        [(dt, _)] = job.dts
+        saved = np.load(job.folder / record.DT)
+        assert all(np.array_equal(saved[f"layer{i}"], d) for i, d in enumerate(dt))
+        assert json.loads((job.folder / record.SUMMARY).read_text())["status"] == "completed"
+
+
 @pytest.mark.slow  # a whole sweep or two runs of the command (CI runs it)
 def test_the_default_parallel_sweep_equals_jobs_run_one_after_another(tmp_path):
     """Sweeps run one job per core on one XLA thread each (hydra/launcher=parallel): the same
@@ -279,22 +329,22 @@ def test_a_seed_whose_draw_cannot_reach_the_request_is_refused_before_any_job(tm
 @given(seed=st.integers(0, 2**31 - 1), cv=st.floats(0.54, 0.57))
 def test_what_the_checks_accept_builds(seed, cv):
     """Near the truncation limit, the pre-flight accepts a job exactly when its run can draw its
-    time steps (build_run's draw), seed by seed."""
+    time steps (build_run's draw), seed by seed, and the draw it hands the job is that draw."""
     from hets_ep.build import member_dts
     from hets_ep.errors import ConfigError
 
     cfg = config.compose(["dt=gamma", f"dt.cv={cv}", "dt.mean=1.0", "dt.dt_max=2.0", f"seed={seed}"])
     try:
-        preflight.check_job(cfg)
-        accepted = True
+        [(planned, planned_stats)] = preflight.check_job(cfg)
     except ConfigError:
-        accepted = False
+        planned = None
     try:
-        member_dts([cfg], cfg.model.build(10), (28, 28, 1))
-        builds = True
+        [(built, built_stats)] = member_dts([cfg], cfg.model.build(10), (28, 28, 1))
     except ConfigError:
-        builds = False
-    assert accepted == builds
+        built = None
+    assert (planned is None) == (built is None)
+    if planned is not None:
+        assert all(np.array_equal(a, b) for a, b in zip(planned, built)) and planned_stats == built_stats
 
 
 def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_path, monkeypatch):
@@ -310,7 +360,9 @@ def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_p
         train_here(tmp_path / run, "train.epochs=1")
     train_here(tmp_path / "outputs/2026-01-03/09-00", "train.epochs=1", "dt=lognormal")
     plan = preflight.precheck(preflight.parse("train", [*TINY, "train.epochs=2", "resume=true"]))
-    assert plan.resumed == newer and plan.settings["hydra.run.dir"] == newer
+    [job] = plan.jobs.values()
+    assert plan.resumed == plan.directory == job.folder == newer
+    assert job.config.resume is True and job.config.train.epochs == 2  # its saved config, the epochs it may change
     with pytest.raises(ConfigError, match=r"no interrupted, failed or unfinished run of this configuration under "
                                           r"outputs; runs there that could be continued: .*09-00 \(differs in "
                                           r"dt.cv, dt.dist, train.batch_size\)"):

@@ -87,3 +87,5 @@ def test_a_phase_at_its_cap_gets_the_budget_to_try_or_under_noise_the_noise_floo
     assert noisy.startswith("phases end above the residual tolerance") and "a floor set by the noise" in noisy
     assert cap_note({**stuck, "unconverged": 0.4}, Config()) is None  # a minority of samples: no advice
     assert cap_note({**stuck, "unconverged": 0.0, "capped": 0.0}, Config(ep=EPConfig(tol=1e-3))) is None
+    rare = cap_note({**stuck, "unconverged": 0.0, "capped": 0.00012}, Config(ep=EPConfig(tol=1e-3)))
+    assert "in 0.012% of batches" in rare  # a rare cap is named as rare, never as 0.0%

@@ -1,5 +1,6 @@
 """Hydra instantiates sweepers only from ``hydra_plugins``: hets-ep's adaptive boundary search,
-used by ``conf/hydra/sweeper/boundary.yaml``; the search itself is :mod:`hets_ep.boundary_search`."""
+used by ``conf/hydra/sweeper/boundary.yaml``; the search itself is :mod:`hets_ep.boundary_search`.
+Each round's jobs join the pre-flight's plan (:mod:`hets_ep.plan`) as they launch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
-from hets_ep import boundary_search, signals
+from hets_ep import boundary_search, plan, preflight, signals
 
 
 class BoundarySweeper(Sweeper):
@@ -36,8 +37,15 @@ class BoundarySweeper(Sweeper):
         directory = Path(str(self.config.hydra.sweep.dir))
         directory.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, directory / "multirun.yaml")
+        planned = plan.read(directory)
+
+        def launch(batch: list[list[str]], first: int) -> None:
+            preflight.extend(planned, batch, first,  # the round's jobs join the plan, checked
+                             lambda overrides: self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                                                list(overrides)))
+            self.launcher.launch(batch, initial_job_idx=first)
+
         return boundary_search.run(
-            self.search, conditions, seeds, directory,
-            launch=lambda batch, first: self.launcher.launch(batch, initial_job_idx=first),
+            self.search, conditions, seeds, directory, launch=launch,
             outcome=lambda number: boundary_search.outcome(directory / str(number), self.search.train_fraction),
             stopped=lambda: signals.stop.received is not None)
