@@ -210,8 +210,9 @@ def precheck(cmd: CommandLine) -> Plan:
     _configure_jax(cmd, hydra_node, len(stacked[0]) if plan.launcher == "stacked" else configs[0].train.parallel_seeds)
     changed = False
     if not cmd.multirun:
-        plan.resumed = resume.find(cmd.value("hydra.run.dir") is not None, configs[0], hydra_node)
-        plan.directory = plan.resumed.absolute() if plan.resumed else plan.directory
+        found = resume.find(cmd.value("hydra.run.dir") is not None, configs[0], hydra_node)
+        plan.resumed = found.absolute() if found else None
+        plan.directory = plan.resumed or plan.directory
         if plan.resumed is not None:  # continued with its saved config
             saved, changed = resume.saved_config(composed[0], plan.resumed, task_overrides(cmd.args.overrides))
             configs[0] = validate(OmegaConf.merge(saved, {"resume": True}))

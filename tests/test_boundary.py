@@ -111,6 +111,7 @@ def test_the_bootstrap_p_splits_ties_evenly(monkeypatch):
     assert inference.boundary_difference(frame, frame, log=False, resamples=100)["p"] == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_along_the_step_itself_every_run_counts_and_the_curve_is_not_split(tmp_path):
     """Along dt.mean, HTS conditions differ in their realised means level by level: the curve is
     still one (labelled without them), and a run that diverged before its first epoch counts as

@@ -151,6 +151,7 @@ def test_the_old_launcher_name_still_runs_and_says_it_is_going(capsys):
     assert "hydra/launcher=fused is now hydra/launcher=stacked" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole run through a subprocess (CI runs it)
 def test_a_run_through_the_command_line_writes_its_log_and_config(tmp_path):
     run_dir = tmp_path / "run"
     result = hets_ep("train", *TINY, "train.epochs=1", "optimizer.lr=0.05", f"hydra.run.dir={run_dir}", check=True)
@@ -244,7 +245,9 @@ def test_each_job_is_composed_validated_and_drawn_once_and_reads_the_plan(tmp_pa
     validated and drawn twice in all; each job trains with the plan's draw, in the plan's folder."""
     import collections
 
-    from hets_ep import build, plan
+    import signal
+
+    from hets_ep import build, plan, signals
 
     counts = collections.Counter()
 
@@ -260,9 +263,16 @@ def test_each_job_is_composed_validated_and_drawn_once_and_reads_the_plan(tmp_pa
     monkeypatch.setattr(build, "sample_dt", draw)
     monkeypatch.setattr("hets_ep.timeconstants.sample_dt", draw)
     preflight._draw.cache_clear()
+    # A sweep's job holds the signals for the rest of its process's life: here, a stand-in's.
+    monkeypatch.setattr(signals, "stop", signals.StopSignals())
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     sweep = tmp_path / "sweep"
-    cli.main(["train", "-m", *TINY, "train.epochs=1", "seed=0,1", "dt=lognormal", "hydra/launcher=basic",
-              "hydra.callbacks.sweep_end.report=false", f"hydra.sweep.dir={sweep}"])
+    try:
+        cli.main(["train", "-m", *TINY, "train.epochs=1", "seed=0,1", "dt=lognormal", "hydra/launcher=basic",
+                  "hydra.callbacks.sweep_end.report=false", f"hydra.sweep.dir={sweep}"])
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     assert counts == {"compose": 2, "validate": 2, "draw": 2}
     jobs = plan.read(sweep).jobs
     assert [(j.label, j.folder) for j in jobs.values()] == [("job 0 (seed=0)", sweep / "0"), ("job 1 (seed=1)", sweep / "1")]
@@ -361,7 +371,7 @@ def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_p
     train_here(tmp_path / "outputs/2026-01-03/09-00", "train.epochs=1", "dt=lognormal")
     plan = preflight.precheck(preflight.parse("train", [*TINY, "train.epochs=2", "resume=true"]))
     [job] = plan.jobs.values()
-    assert plan.resumed == plan.directory == job.folder == newer
+    assert plan.resumed == plan.directory == job.folder == newer.absolute()
     assert job.config.resume is True and job.config.train.epochs == 2  # its saved config, the epochs it may change
     with pytest.raises(ConfigError, match=r"no interrupted, failed or unfinished run of this configuration under "
                                           r"outputs; runs there that could be continued: .*09-00 \(differs in "

@@ -40,7 +40,8 @@ def test_train_step_compiles_once_donates_the_state_and_counts(mnist):
     assert float(state.sums.relaxation_steps[0]) == 3 * (5 + 2 * 2) and float(state.sums.free_steps_max[0]) == 5
 
 
-@pytest.mark.parametrize("backend", ["scan", pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["scan", "fused"])
 def test_members_with_their_own_beta_and_rate_scale_step_as_each_would_alone(mnist, backend):
     """What a stacked sweep relies on: in one vmapped program each member nudges with its own |β|
     and steps at its own learning-rate scale, as its own one-member program would (on the fused

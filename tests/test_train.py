@@ -44,6 +44,7 @@ def test_nan_weights_stop_the_run_as_diverged(tmp_path):
     assert record.read_summary(tmp_path).status == "diverged"
 
 
+@pytest.mark.slow
 def test_a_run_at_chance_stops_early_with_its_reason_and_counts_as_not_trained(tmp_path):
     """train.stop_on_collapse: a run that cannot learn (a rate of 1e-9) is at chance after epoch 1
     and 2 and stops there, status stopped, the reason in its record; a run that learns goes on.

@@ -20,6 +20,14 @@ from hets_ep.stacked_sweep import explain
 log = logging.getLogger("hets_ep")
 
 
+def _without_hydra(sweep_config):
+    """A job's config as its task sees it: Hydra's node removed."""
+    task = copy.deepcopy(sweep_config)
+    with open_dict(task):
+        del task["hydra"]
+    return task
+
+
 class StackedLauncher(Launcher):
     """Jobs that differ only in keys held per member (seed, dt, β, lr_scale) run as the members of one program."""
 
@@ -55,13 +63,10 @@ class StackedLauncher(Launcher):
         for group in programs:
             for i in group[1:]:  # the first job's folder is Hydra's run_job's; the others get Hydra's files here
                 overrides, sweep_config = composed[i]
-                task = copy.deepcopy(sweep_config)
-                with open_dict(task):
-                    del task["hydra"]
                 with open_dict(sweep_config.hydra.runtime):
-                    sweep_config.hydra.runtime.output_dir = str(planned.jobs[i].folder.absolute())
+                    sweep_config.hydra.runtime.output_dir = str(planned.jobs[i].folder)
                 hydra_files = planned.jobs[i].folder / str(sweep_config.hydra.output_subdir)
-                save_config(task, "config.yaml", hydra_files)
+                save_config(_without_hydra(sweep_config), "config.yaml", hydra_files)
                 save_config(sweep_config, "hydra.yaml", hydra_files)
                 save_config(OmegaConf.create(overrides), "overrides.yaml", hydra_files)
             ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
@@ -71,9 +76,7 @@ class StackedLauncher(Launcher):
             returns[group[0]] = ret
             for i in group[1:]:
                 overrides, sweep_config = composed[i]
-                task = copy.deepcopy(sweep_config)
-                with open_dict(task):
-                    del task["hydra"]
-                returns[i] = JobReturn(overrides=overrides, cfg=task, hydra_cfg=sweep_config, working_dir=os.getcwd(),
-                                       task_name=ret.task_name, status=ret.status, _return_value=ret._return_value)
+                returns[i] = JobReturn(overrides=overrides, cfg=_without_hydra(sweep_config), hydra_cfg=sweep_config,
+                                       working_dir=os.getcwd(), task_name=ret.task_name, status=ret.status,
+                                       _return_value=ret._return_value)
         return [returns[idx] for idx in composed]
