@@ -335,6 +335,7 @@ def test_a_seed_whose_draw_cannot_reach_the_request_is_refused_before_any_job(tm
     assert not sweep.exists()
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), cv=st.floats(0.54, 0.57))
 def test_what_the_checks_accept_builds(seed, cv):
@@ -357,6 +358,7 @@ def test_what_the_checks_accept_builds(seed, cv):
         assert all(np.array_equal(a, b) for a, b in zip(planned, built)) and planned_stats == built_stats
 
 
+@pytest.mark.slow
 def test_resume_true_picks_the_latest_unfinished_run_of_this_configuration(tmp_path, monkeypatch):
     """`resume=true` without a run directory looks under the run root (outputs/) for a run of the
     same configuration that can go on — interrupted, failed, killed, or completed short of the

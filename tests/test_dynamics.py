@@ -264,6 +264,7 @@ def test_relax_under_vmap_over_dt_draws(batch):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b[i]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_async_updates_reach_the_sync_fixed_point_with_skip_connections(batch):
     """With skips joining layers of the same parity (K = 2), the async order updates a layer and
     its skip source together. Its end states are fixed points of the synchronous map (the

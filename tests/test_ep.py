@@ -27,7 +27,7 @@ def _min_cosine(report, name):
     return min(v["cosine"] for v in report["estimators"][name].values())
 
 
-@pytest.mark.parametrize("hidden", [(256,), (128, 64)])
+@pytest.mark.parametrize("hidden", [(256,), pytest.param((128, 64), marks=pytest.mark.slow)])
 def test_symmetric_ep_matches_bptt_on_mnist(batch, hidden):
     x, y = batch
     net, params, dt = setup(x.shape[1:], DtConfig("scalar", 0.5), hidden=hidden, activation="steep_sigmoid")
@@ -69,8 +69,8 @@ def test_holomorphic_ep_with_two_points_is_the_symmetric_estimator(batch):
     assert int(holo.relaxation_steps) == 60 + 2 * 30
 
 
-@pytest.mark.parametrize("dt_spec", [DtConfig("scalar", 1.0), DtConfig("lognormal", 0.5, cv=0.5)],
-                         ids=["scalar", "per-neuron"])
+@pytest.mark.parametrize("dt_spec", [pytest.param(DtConfig("scalar", 1.0), marks=pytest.mark.slow),
+                                     DtConfig("lognormal", 0.5, cv=0.5)], ids=["scalar", "per-neuron"])
 def test_holomorphic_ep_is_exact_at_finite_beta(batch, dt_spec):
     """With converged phases and |β| = 0.2, N = 4 agrees with BPTT to cosine ≥ 0.999 for every
     weight tensor, where the symmetric estimator (N = 2) at the same |β| agrees less: the

@@ -55,6 +55,7 @@ def test_evaluate_refuses_what_it_cannot_do(run, tmp_path):
         evaluate(run, ["dataset=npz", f"dataset.path={small}"])
 
 
+@pytest.mark.slow
 def test_dynamics_compared_on_the_same_trained_weights(run):
     """Another dt draw, integrator or relaxation on the run's own weights: accuracy, residuals and
     steps per phase, and the spectral radius of the step; written beside the run, which is untouched."""

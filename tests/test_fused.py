@@ -36,7 +36,7 @@ def _rel(a, b) -> float:
 @pytest.mark.parametrize("model, integrator, order", [
     pytest.param(dict(hidden=(16, 16), skip=2, activation="steep_sigmoid", dynamics="energy"), "exact", "async",
                  marks=pytest.mark.slow),
-    (dict(hidden=(16,)), "euler", "sync"),
+    pytest.param(dict(hidden=(16,)), "euler", "sync", marks=pytest.mark.slow),
     pytest.param(dict(hidden=(16,)), "exact", "async", marks=pytest.mark.slow),
     pytest.param(dict(hidden=(16, 16), skip=2, activation="steep_sigmoid", dynamics="energy"), "euler", "sync",
                  marks=pytest.mark.slow)], ids=["energy-skip-exact-async", "leaky-euler-sync", "leaky-exact-async",

@@ -129,6 +129,7 @@ def test_runs_of_another_context_are_not_paired(sweep, tmp_path):
     assert "Not compared:" in result.stdout
 
 
+@pytest.mark.slow
 def test_best_baseline_equivalent_step_and_robustness_map(grid, tmp_path):
     out = tmp_path / "report"
     text = build_report([grid], out, ReportOptions(baseline="best", equivalent="dt.mean",

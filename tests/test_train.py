@@ -85,7 +85,8 @@ MODERN = ("ep=holomorphic", "model.activation=steep_sigmoid", "dynamics.noise=0.
           "dynamics.integrator=exact", "dt=lognormal", "ep.tol=1e-3", "ep.T1=60", "ep.T2=20")
 
 
-@pytest.mark.parametrize("options", [(), pytest.param(MODERN, marks=pytest.mark.slow)], ids=["default", "modern"])
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [(), MODERN], ids=["default", "modern"])
 def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tmp_path, options):
     """Also with every new option at once: the noise stream, the recent losses of the spike
     count and the relaxation's step counts are part of the checkpointed state."""
@@ -165,6 +166,7 @@ def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, caplo
                                                "from scratch" in caplog.text
 
 
+@pytest.mark.slow
 def test_validation_split_drives_best_epoch_and_collapses(tmp_path):
     summary, = train_here(tmp_path, "dataset.val_size=200", "train.epochs=3")
     rows = record.read_rows(tmp_path)
