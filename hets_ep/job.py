@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 
 from hets_ep import provenance, record, signals, slurm, xla
 from hets_ep.config import Config
-from hets_ep.plan import Job, Plan, this_job
 from hets_ep.errors import HetsEpError
+from hets_ep.plan import Job, Plan, this_job
 from hets_ep.signals import RunInterrupted
 
 log = logging.getLogger("hets_ep")
@@ -57,8 +57,8 @@ def prepare_jax(config: Config, members: int) -> None:
 
 def guarded(task: Callable[[Plan, Job], None]):
     """Each job of a run or sweep: ``task(plan, job)`` on the job's entry in the pre-flight's
-    plan (Hydra's composition of the job is not read). A user-fixable problem is written into the job's
-    ``train.log`` (not the console: the command line prints it once) and into its record —
+    plan (Hydra's composition of the job is not read). A user-fixable problem is written into
+    the job's ``train.log`` (not the console: the command line prints it once) and into its record —
     ``status: failed`` with the error, unless the folder holds a run — and reported through
     :data:`hets_ep.signals.outcome`. In a sweep the other jobs go on, and the sweep's end
     names every failure. A job of a sweep that was signalled does not start."""
